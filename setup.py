@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="kltrace_ros",
+    version="0.1.0",
+    description="Zero-shot optical flow and point tracks for ROS 2 (KL-tracing on LRAS)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kltrace_ros", "kltrace_ros.*"]),
+    package_data={"kltrace_ros": ["models/*.pt", "models/*.md"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/kltrace_ros"]),
+        ("share/kltrace_ros", ["package.xml"]),
+        ("share/kltrace_ros/launch", ["launch/kltrace.launch.py"]),
+        ("share/kltrace_ros/config", ["config/kltrace.yaml"]),
+    ],
+    # torch is a documented pip dependency (CPU: torch==2.13.0; see README).
+    install_requires=["numpy", "opencv-python-headless", "tqdm", "torch"],
+    entry_points={
+        "console_scripts": [
+            "kltrace = kltrace_ros.cli:main",
+            "kltrace_node = kltrace_ros.ros.node:main",
+        ],
+    },
+)
