@@ -1,0 +1,1 @@
+"""LRAS-family models: tokenizers, predictors, sequence layout and checkpoints (no ROS)."""

@@ -1,0 +1,162 @@
+"""MotionLRAS: the small, CPU-trainable next-frame predictor that ships with the package.
+
+An LRAS-family model: it reads the frame-0 tokens (all cells of the source window), the
+revealed frame-1 tokens, and gives a distribution over codes for every hidden frame-1 cell.
+What lets a small model follow motion instead of copying the same cell (see
+``../shared/reference/small-model-experiments.md``) is an explicit motion structure:
+
+1. every revealed target cell correlates its feature with the source cells within
+   ``radius`` cells (cosine-like dot product, learned temperature) and takes the soft-argmax
+   offset ("where did I come from"), with the peak probability as its confidence;
+2. every cell takes the confidence- and distance-weighted mean offset of the revealed cells
+   (learned width), so hidden cells get an offset too;
+3. the prediction of a cell samples the decoded source window at the displaced location
+   (bilinear, pixel level, so sub-cell offsets matter) and starts from the codebook's
+   nearest-code posterior of that sampled content; a small MLP on the sampled content and
+   sampled source embedding adds a learned correction (zero at initialisation).
+
+Trained only on the code cross-entropy of hidden cells of video frame pairs: no flow labels.
+A tracer added to the source changes the sampled content only where the source content
+went, which is what KL-tracing reads.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cellcode import CellCode, to_cells
+
+DEFAULT_CFG = {
+    "model_class": "MotionLRAS",
+    "window": 64,          # model input window (px); the tracing engine crops and resizes to it
+    "cell": 4,             # px per code
+    "n_codes": 512,        # CellCode vocabulary
+    "n_embd": 32,          # code embedding / matching feature width
+    "radius": 4,           # correlation search radius (cells)
+    "head_hidden": 128,    # correction MLP width
+    "reveal": 0.25,        # fraction of target cells revealed (training and tracing)
+    "image_size": 256,     # working resolution of the whole frame (as the published model)
+    "tracer_sigma": 2.0,   # tracer sigma in window px
+    "first_crop": 128,     # first-scale crop (px at image_size), shrunk per scale
+    "shrink": 0.5,         # crop shrink factor per scale
+}
+
+
+class MotionLRAS(nn.Module):
+    def __init__(self, cfg: dict | None = None):
+        super().__init__()
+        self.cfg = {**DEFAULT_CFG, **(cfg or {})}
+        c = self.cfg
+        self.grid = c["window"] // c["cell"]
+        d = c["n_embd"]
+        self.tokenizer = CellCode(c["n_codes"], c["cell"])
+        self.emb = nn.Embedding(c["n_codes"], d)
+        self.phi = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.ctx = nn.Conv2d(d, d, 3, padding=1)
+        nn.init.zeros_(self.phi[-1].weight)
+        nn.init.zeros_(self.phi[-1].bias)
+        nn.init.zeros_(self.ctx.weight)
+        nn.init.zeros_(self.ctx.bias)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(16.0)))    # matching sharpness
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(2.0)))   # vote width, cells
+        self.log_beta = nn.Parameter(torch.tensor(0.0))              # vote sharpening
+        self.log_tau = nn.Parameter(torch.tensor(math.log(0.3)))     # code posterior temperature (per dim)
+        cd = self.tokenizer.dim
+        self.head = nn.Sequential(nn.Linear(cd + d, c["head_hidden"]), nn.GELU(),
+                                  nn.Linear(c["head_hidden"], c["n_codes"]))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        r = c["radius"]
+        dy, dx = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
+        self.register_buffer("offsets", torch.stack([dx.flatten(), dy.flatten()], -1), persistent=False)
+        gy, gx = torch.meshgrid(torch.arange(self.grid + 0.0), torch.arange(self.grid + 0.0), indexing="ij")
+        self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)
+
+    @torch.no_grad()
+    def init_embedding_from_codebook(self, seed: int = 0) -> None:
+        """Start code embeddings as a fixed random projection of the code colours (whitened),
+        so that matching compares appearance from the first step."""
+        g = torch.Generator().manual_seed(seed)
+        cb = self.tokenizer.codebook
+        proj = torch.randn(cb.shape[1], self.emb.weight.shape[1], generator=g) / math.sqrt(cb.shape[1])
+        e = cb @ proj
+        self.emb.weight.copy_((e - e.mean(0)) / (e.std(0) + 1e-6))
+
+    # ----------------------------------------------------------------- helpers
+    def features(self, codes: torch.Tensor, context: bool) -> torch.Tensor:
+        """(B,G,G) codes -> (B,D,G,G) matching features."""
+        e = self.emb(codes)
+        f = (e + self.phi(e)).permute(0, 3, 1, 2)
+        return f + self.ctx(f) if context else f
+
+    def cell_offsets(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor):
+        """Offsets (B,N,2) in cells (x,y), target cell -> its source location, for all cells."""
+        b, g = src.shape[0], self.grid
+        r = self.cfg["radius"]
+        k = 2 * r + 1
+        f_s = self.features(src, context=True)
+        f_t = self.features(tgt, context=False).flatten(2)                      # B,D,N
+        d = f_s.shape[1]
+        win = F.unfold(F.pad(f_s, (r, r, r, r)), k).view(b, d, k * k, g * g)     # B,D,P,N
+        valid = F.unfold(F.pad(f_s.new_ones(1, 1, g, g), (r, r, r, r)), k).view(1, k * k, g * g) > 0
+        corr = -(f_t.unsqueeze(2) - win).pow(2).mean(1) * self.log_temp.exp()   # B,P,N
+        attn = corr.masked_fill(~valid, float("-inf")).softmax(1)                # B,P,N
+        # every cell collects the offset distributions of the revealed cells around it
+        # (a vote: robust where single-cell matches are ambiguous) ...
+        d2 = torch.cdist(self.cell_xy, self.cell_xy).pow(2)
+        kern = torch.exp(-d2 / (2 * self.log_sigma.exp() ** 2))                 # N(to),N(from)
+        rev = reveal.reshape(-1, 1, g * g).to(attn.dtype)                        # 1|B,1,N
+        votes = torch.einsum("bpn,mn->bpm", attn * rev, kern)
+        votes = votes / (torch.einsum("bpn,mn->bpm", rev, kern) + 1e-6)           # B,P,M
+        # ... and takes the sharpened centroid of the 3x3 offsets around the strongest vote.
+        peak = votes.argmax(1)                                                  # B,M
+        py, px = peak // k, peak % k
+        dy, dx = torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij")
+        ny = (py.unsqueeze(1) + dy.flatten().view(1, 9, 1).to(py)).clamp(0, k - 1)
+        nx = (px.unsqueeze(1) + dx.flatten().view(1, 9, 1).to(px)).clamp(0, k - 1)
+        idx = ny * k + nx                                                       # B,9,M
+        w = (votes.gather(1, idx) + 1e-8).log().mul(self.log_beta.exp()).softmax(1)
+        return (w.unsqueeze(-1) * self.offsets[idx]).sum(1)                     # B,M,2
+
+    def warp_source(self, src_img: torch.Tensor, src_feat: torch.Tensor, offsets: torch.Tensor):
+        """Sample the decoded source (B,3,W,W) and source features (B,D,G,G) at the displaced cells."""
+        b, g, cell = src_img.shape[0], self.grid, self.cfg["cell"]
+        w = g * cell
+        px = torch.arange(w, device=src_img.device, dtype=src_img.dtype) + 0.5
+        py, pxx = torch.meshgrid(px, px, indexing="ij")
+        off_px = offsets.view(b, g, g, 2).repeat_interleave(cell, 1).repeat_interleave(cell, 2) * cell
+        sx = pxx.unsqueeze(0) + off_px[..., 0]
+        sy = py.unsqueeze(0) + off_px[..., 1]
+        grid = torch.stack([sx / w * 2 - 1, sy / w * 2 - 1], -1)
+        warped = F.grid_sample(src_img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        centres = (self.cell_xy.unsqueeze(0) + 0.5 + offsets) / g * 2 - 1              # B,N,2
+        feat = F.grid_sample(src_feat, centres.unsqueeze(1), mode="bilinear", padding_mode="border",
+                             align_corners=False)[:, :, 0].transpose(1, 2)           # B,N,D
+        return to_cells(warped, cell), feat
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor, return_offsets: bool = False):
+        """Log-probabilities (B, N, n_codes) over codes for every target cell (raster order).
+
+        src: (B,G,G) source codes; tgt: (B,G,G) or (G,G) target codes (only revealed ones are
+        read); reveal: (G,G) bool. Hidden cells' rows are the prediction; revealed rows too
+        (the model's own reconstruction), callers pick what they need.
+        """
+        b = src.shape[0]
+        if tgt.dim() == 2:
+            tgt = tgt.unsqueeze(0)
+        tgt = tgt.expand(b, -1, -1)
+        hidden_tgt = torch.where(reveal, tgt, torch.zeros_like(tgt))  # hidden target codes are never read
+        offsets = self.cell_offsets(src, hidden_tgt, reveal)
+        src_img = self.tokenizer.decode_normalised(src)
+        src_emb = self.emb(src).permute(0, 3, 1, 2)
+        content, feat = self.warp_source(src_img, src_emb, offsets)
+        cb = self.tokenizer.codebook
+        scale = 1.0 / (self.log_tau.exp() ** 2 * cb.shape[1])
+        prior = (content @ cb.T - 0.5 * (cb * cb).sum(-1)) * scale              # nearest-code posterior
+        logits = prior + self.head(torch.cat([content, feat], -1))
+        logp = logits.float().log_softmax(-1)
+        return (logp, offsets) if return_offsets else logp

@@ -1,0 +1,180 @@
+"""`kltrace train`: fit the CellCode tokenizer, then train MotionLRAS on video pairs (CPU).
+
+Resumable (``--resume``), seeded, time-boxed (``--minutes``); writes ``ckpt.pt`` (model +
+optimiser, every ``--ckpt-minutes``), ``model.pt`` (weights-only cfg + model, what ships),
+``log.csv`` and ``curves.png`` into ``--out``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import PairSampler, load_sources
+from .motion import MotionLRAS
+from .sequence import reveal_mask
+
+LOG_FIELDS = ["step", "pairs", "minutes", "loss", "acc", "copy_acc", "val_loss", "val_acc", "val_copy_acc",
+              "val_offset_corr", "val_offset_err"]
+
+
+def fit_tokenizer(model: MotionLRAS, sampler: PairSampler, n_windows: int = 1500, seed: int = 0) -> float:
+    src, tgt, _ = sampler.sample(n_windows)
+    cells = model.tokenizer.cells_of(torch.cat([src, tgt]))
+    cells = cells.reshape(-1, cells.shape[-1])
+    g = torch.Generator().manual_seed(seed)
+    cells = cells[torch.randperm(len(cells), generator=g)[:120_000]]
+    return model.tokenizer.fit(cells, seed=seed)
+
+
+def batch_loss(model: MotionLRAS, src_img, tgt_img, ratio_range, gen, return_offsets=False):
+    """Cross-entropy of hidden target cells, accuracy, same-cell copy accuracy (and offsets)."""
+    src = model.tokenizer.encode(src_img)
+    tgt = model.tokenizer.encode(tgt_img)
+    b, g, _ = src.shape
+    ratio = float(torch.empty(1).uniform_(*ratio_range, generator=gen))
+    reveal = torch.stack([reveal_mask(g, g, ratio, gen) for _ in range(b)])
+    logp, offsets = model(src, tgt, reveal, return_offsets=True)
+    hidden = ~reveal.flatten(1)
+    t = tgt.flatten(1)
+    nll = -logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    loss = nll[hidden].mean()
+    acc = (logp.argmax(-1) == t)[hidden].float().mean()
+    copy = (src.flatten(1) == t)[hidden].float().mean()
+    out = (loss, acc, copy)
+    return out + (offsets, hidden) if return_offsets else out
+
+
+@torch.no_grad()
+def validate(model: MotionLRAS, val: tuple, ratio: float) -> dict:
+    src_img, tgt_img, motion = val
+    gen = torch.Generator().manual_seed(1234)
+    loss, acc, copy, offsets, hidden = batch_loss(model, src_img, tgt_img, (ratio, ratio), gen, True)
+    syn = ~torch.isnan(motion[:, 0])
+    g = model.grid
+    # offset of the window's central cells, in px, against the true centre motion (source = target - motion)
+    centre = [(g // 2 - 1) * g + g // 2 - 1, (g // 2 - 1) * g + g // 2, (g // 2) * g + g // 2 - 1, (g // 2) * g + g // 2]
+    off_px = offsets[:, centre].mean(1) * model.cfg["cell"]
+    est, true = -off_px[syn], motion[syn]
+    corr = torch.corrcoef(torch.stack([est.flatten(), true.flatten()]))[0, 1]
+    return {"val_loss": float(loss), "val_acc": float(acc), "val_copy_acc": float(copy),
+            "val_offset_corr": float(corr), "val_offset_err": float((est - true).norm(dim=-1).mean())}
+
+
+def plot_log(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return
+    x = [float(r["pairs"]) for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    for key in ("loss", "val_loss"):
+        ax[0].plot(x, [float(r[key]) for r in rows], label=key)
+    for key in ("acc", "copy_acc", "val_acc", "val_copy_acc"):
+        ax[1].plot(x, [float(r[key]) for r in rows], label=key)
+    ax[2].plot(x, [float(r["val_offset_err"]) for r in rows], label="centre offset error (px)")
+    ax[2].plot(x, [float(r["val_offset_corr"]) for r in rows], label="offset/motion correlation")
+    for a, t in zip(ax, ("cross-entropy (hidden cells)", "code accuracy: model vs same-cell copy", "motion")):
+        a.set_title(t)
+        a.set_xlabel("pairs seen")
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int = 32, lr: float = 2e-3,
+          seed: int = 0, resume: bool = False, ckpt_minutes: float = 3.0, threads: int | None = None,
+          debian: bool = True, cfg: dict | None = None, val_size: int = 128, log_every: int = 25) -> Path:
+    if threads:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_src, val_src = load_sources(debian=debian).split()
+    ckpt_path = out / "ckpt.pt"
+    step, pairs, spent = 0, 0, 0.0
+    if resume and ckpt_path.is_file():
+        mcfg, state = load_checkpoint(ckpt_path)
+        model = MotionLRAS(mcfg)
+        model.load_state_dict(state)
+        full = torch.load(ckpt_path, weights_only=True)
+        step, pairs, spent = int(full["step"]), int(full["pairs"]), float(full["minutes"])
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        opt.load_state_dict(full["optimizer"])
+        print(f"resumed from {ckpt_path} at step {step} ({pairs} pairs, {spent:.1f} min)")
+    else:
+        model = MotionLRAS(cfg)
+        tok_sampler = PairSampler(train_src, model.cfg["window"], seed=seed + 7)
+        mse = fit_tokenizer(model, tok_sampler, seed=seed)
+        model.init_embedding_from_codebook(seed)
+        print(f"CellCode: {model.cfg['n_codes']} codes fitted, cell MSE {mse:.4f} (normalised RGB)")
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        if (out / "log.csv").exists():
+            (out / "log.csv").unlink()
+    sampler = PairSampler(train_src, model.cfg["window"], seed=seed * 1000 + step)
+    val = PairSampler(val_src if val_src.images else train_src, model.cfg["window"], seed=99).sample(val_size)
+    gen = torch.Generator().manual_seed(seed * 1000 + step + 1)
+    ratio = model.cfg["reveal"]
+    log = open(out / "log.csv", "a", newline="")
+    writer = csv.DictWriter(log, LOG_FIELDS)
+    if log.tell() == 0:
+        writer.writeheader()
+
+    def save(final=False):
+        state = model.state_dict()
+        save_checkpoint(ckpt_path, model.cfg, state, optimizer=opt.state_dict(), step=step, pairs=pairs,
+                        minutes=spent + (time.time() - t0) / 60)
+        save_checkpoint(out / "model.pt", model.cfg, state)
+        plot_log(out / "log.csv", out / "curves.png")
+
+    t0 = time.time()
+    last_ckpt = t0
+    total = steps if steps is not None else None
+    bar = tqdm(total=total, desc="train", unit="step", initial=0, dynamic_ncols=True)
+    run = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
+    while True:
+        elapsed = (time.time() - t0) / 60
+        if (steps is not None and bar.n >= steps) or (steps is None and elapsed >= minutes):
+            break
+        # warm-up then cosine decay over the time budget
+        frac = min(1.0, (spent + elapsed) / max(minutes + spent, 1e-6)) if steps is None else bar.n / max(steps, 1)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        src_img, tgt_img, _ = sampler.sample(batch)
+        loss, acc, copy = batch_loss(model, src_img, tgt_img, (ratio * 0.6, ratio * 1.4), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        pairs += batch
+        bar.update(1)
+        run["loss"] += float(loss); run["acc"] += float(acc); run["copy_acc"] += float(copy); run["n"] += 1
+        if step % log_every == 0:
+            v = validate(model, val, ratio)
+            row = {"step": step, "pairs": pairs, "minutes": round(spent + (time.time() - t0) / 60, 2),
+                   **{k: round(run[k] / run["n"], 4) for k in ("loss", "acc", "copy_acc")},
+                   **{k: round(x, 4) for k, x in v.items()}}
+            writer.writerow(row)
+            log.flush()
+            bar.set_postfix(loss=row["loss"], acc=row["acc"], copy=row["copy_acc"], vacc=row["val_acc"],
+                            verr=row["val_offset_err"])
+            run = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
+        if time.time() - last_ckpt > ckpt_minutes * 60:
+            save()
+            last_ckpt = time.time()
+    bar.close()
+    save()
+    log.close()
+    print(f"trained {step} steps, {pairs} pairs, {spent + (time.time() - t0) / 60:.1f} min; "
+          f"weights: {out / 'model.pt'}; log: {out / 'log.csv'}; plot: {out / 'curves.png'}")
+    return out / "model.pt"
