@@ -18,9 +18,84 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     p.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint period")
+    p.add_argument("--codes", type=int, default=512, help="CellCode vocabulary size (new runs)")
+    p.add_argument("--log-every", type=int, default=25, help="validate and log every N steps")
     p.add_argument("--no-debian", action="store_true",
                    help="train on scikit-image's images only (no apt-get download of opencv-doc/python3-imageio)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="afterwards write OUT/model.pt with this version's tracing settings here "
+                        "(kltrace_ros/models/default.pt is the shipped model)")
     p.set_defaults(func=_train)
+
+
+    p = sub.add_parser("track-pair", help="track query points from FRAME1 to FRAME2")
+    p.add_argument("frame1", type=Path)
+    p.add_argument("frame2", type=Path)
+    p.add_argument("queries", type=Path, help="JSON [[x, y], ...] in FRAME1 pixels")
+    p.add_argument("out", type=Path, help='JSON {"points": [[x, y], ...], "visible": [...]}')
+    add_engine_args(p)
+    p.set_defaults(func=_track_pair)
+
+    p = sub.add_parser("eval", help="TAP-Vid two-frame metrics on a flow-gt folder (kl, rgb, zero, lk, dis)")
+    p.add_argument("root", type=Path, help="folder with pairs.json and one sub-folder per pair")
+    p.add_argument("--methods", default="kl,rgb,zero,lk,dis")
+    p.add_argument("--queries", type=int, default=128, help="query points per pair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="results.json, summary.png, pairs.png")
+    add_engine_args(p)
+    p.set_defaults(func=_eval)
+
+
+def add_engine_args(p) -> None:
+    p.add_argument("--method", choices=("kl", "rgb"), default="kl")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
+    p.add_argument("--quantizer", type=Path, default=None, help="LPQ file, with a published LRAS --model")
+    p.add_argument("--masks", type=int, default=None, help="reveal masks per scale (default: the model's)")
+    p.add_argument("--scales", type=int, default=None, help="zoom scales (default: the model's)")
+    p.add_argument("--occlusion-threshold", type=float, default=None,
+                   help="peak score below which a point is occluded (default: the model's calibration)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+
+
+def make_engine(args, method=None):
+    from kltrace_ros.tracing.engine import Engine, TraceConfig
+    from kltrace_ros.tracing.predictor import load_predictor, resolve_device
+
+    pred = load_predictor(args.model, resolve_device(args.device), args.quantizer)
+    thr = args.occlusion_threshold
+    if thr is None:
+        thr = getattr(pred, "occlusion_threshold", {}).get(method or args.method, 0.0)
+    return Engine(pred, TraceConfig(method=method or args.method, masks=args.masks, scales=args.scales,
+                                    occlusion_threshold=thr))
+
+
+def _track_pair(args) -> int:
+    import json
+
+    from kltrace_ros.eval.datasets import read_rgb
+
+    f1, f2 = read_rgb(args.frame1), read_rgb(args.frame2)
+    try:
+        queries = json.loads(args.queries.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{args.queries} is not valid JSON ({err}); expected [[x, y], ...]") from err
+    if not isinstance(queries, list) or not all(isinstance(q, (list, tuple)) and len(q) == 2 for q in queries):
+        raise ValueError(f"{args.queries} must hold a list of [x, y] pairs")
+    res = make_engine(args).track(f1, f2, queries)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"points": res.points.tolist(), "visible": res.visible.tolist()}))
+    return 0
+
+
+def _eval(args) -> int:
+    from kltrace_ros.eval.run import evaluate, format_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    engines = {m: make_engine(args, m) for m in methods if m in ("kl", "rgb")}
+    res = evaluate(args.root, methods, engines, n_queries=args.queries, seed=args.seed, out=args.out)
+    print(format_table(res))
+    print(f"results: {args.out / 'results.json'}; plots: {args.out / 'summary.png'}, {args.out / 'pairs.png'}")
+    return 0
 
 
 def _version(args) -> int:
@@ -31,8 +106,12 @@ def _version(args) -> int:
 
 
 def _train(args) -> int:
-    from kltrace_ros.lras.train import train
+    from kltrace_ros.lras.train import export_model, train
 
-    train(args.out, minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-          resume=args.resume, ckpt_minutes=args.ckpt_minutes, threads=args.threads, debian=not args.no_debian)
+    if args.minutes > 0 or args.steps:
+        train(args.out, minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+              resume=args.resume, ckpt_minutes=args.ckpt_minutes, threads=args.threads, debian=not args.no_debian,
+              cfg={"n_codes": args.codes}, log_every=args.log_every)
+    if args.export:
+        print(f"exported {export_model(args.out / 'model.pt', args.export)}")
     return 0

@@ -40,9 +40,11 @@ DEFAULT_CFG = {
     "reveal": 0.25,        # fraction of target cells revealed (training and tracing)
     "image_size": 256,     # working resolution of the whole frame (as the published model)
     "tracer_sigma": 2.0,   # tracer sigma in window px
-    "first_crop": 128,     # first-scale crop (px at image_size), shrunk per scale
+    "first_crop": 64,      # first-scale crop (px at image_size), shrunk per scale (dev-set choice, see MODEL_CARD)
     "shrink": 0.5,         # crop shrink factor per scale
+    "masks": 4,            # reveal masks averaged per scale when tracing
 }
+TRACING_KEYS = ("image_size", "tracer_sigma", "first_crop", "shrink", "masks")
 
 
 class MotionLRAS(nn.Module):

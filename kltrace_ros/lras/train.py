@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PairSampler, load_sources
-from .motion import MotionLRAS
+from .motion import DEFAULT_CFG, TRACING_KEYS, MotionLRAS
 from .sequence import reveal_mask
 
 LOG_FIELDS = ["step", "pairs", "minutes", "loss", "acc", "copy_acc", "val_loss", "val_acc", "val_copy_acc",
@@ -178,3 +178,13 @@ def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int
     print(f"trained {step} steps, {pairs} pairs, {spent + (time.time() - t0) / 60:.1f} min; "
           f"weights: {out / 'model.pt'}; log: {out / 'log.csv'}; plot: {out / 'curves.png'}")
     return out / "model.pt"
+
+
+def export_model(model_path: Path, dest: Path) -> Path:
+    """Write the shipped weights: a trained model.pt with the tracing settings of this code version."""
+    cfg, state = load_checkpoint(model_path)
+    cfg.update({k: DEFAULT_CFG[k] for k in TRACING_KEYS})
+    model = MotionLRAS(cfg)
+    model.load_state_dict(state)
+    save_checkpoint(dest, model.cfg, model.state_dict())
+    return dest

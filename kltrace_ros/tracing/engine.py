@@ -1,0 +1,225 @@
+"""KL-tracing (and RGB perturb-and-track) for any predictor: tracer, maps, peaks, masks, zoom.
+
+For each query point q in frame 1:
+  for each scale (crop size first_crop * shrink**k at the working resolution):
+    source window centred at q, target window centred at the current estimate e
+    (whole frame while the crop is at least the frame);
+    for each of ``masks`` random reveal masks (the estimate's neighbourhood kept hidden):
+      D(patch) = KL(p_clean || p_traced) over the code vocabulary (or the RGB difference);
+    average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
+  the new e is that peak, mapped back; visible = peak D >= occlusion threshold.
+The clean pass of a (window, mask) is computed once and shared by every point that uses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kltrace_ros.lras.sequence import reveal_mask
+
+from .predictor import Predictor
+
+
+def add_tracer(windows: torch.Tensor, centres: torch.Tensor, sigma: float, amplitude: float = 1.0) -> torch.Tensor:
+    """Add a white Gaussian (``amplitude`` 1.0 = 255 of 0..255 on each channel) at sub-pixel
+    ``centres`` (B,2) (x, y in continuous px: pixel i spans [i, i+1)), clipped to [0, 1]."""
+    b, _, h, w = windows.shape
+    ys = torch.arange(h, dtype=windows.dtype, device=windows.device) + 0.5
+    xs = torch.arange(w, dtype=windows.dtype, device=windows.device) + 0.5
+    c = centres.to(windows)
+    g = torch.exp(-((xs.view(1, 1, w) - c[:, 0].view(b, 1, 1)) ** 2 + (ys.view(1, h, 1) - c[:, 1].view(b, 1, 1)) ** 2)
+                  / (2 * sigma ** 2))
+    return (windows + amplitude * g.unsqueeze(1)).clamp(0, 1)
+
+
+def kl_map(logp_clean: torch.Tensor, logp_traced: torch.Tensor) -> torch.Tensor:
+    """KL(p_clean || p_traced) per patch (B, M), accumulated in fp32 over the vocabulary."""
+    lc = logp_clean.float().log_softmax(-1)
+    lt = logp_traced.float().log_softmax(-1)
+    return (lc.exp() * (lc - lt)).sum(-1).clamp(min=0)
+
+
+def refine_peak(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peak of maps d (B,g,g): (x, y) in patch units (continuous, patch centre = i + 0.5) and peak value.
+
+    Argmax, then the centroid of the 3x3 neighbourhood weighted by D minus its minimum.
+    """
+    b, g, _ = d.shape
+    flat = d.flatten(1)
+    val, idx = flat.max(1)
+    iy, ix = idx // g, idx % g
+    pad = F.pad(d.unsqueeze(1), (1, 1, 1, 1), value=float("nan"))[:, 0]
+    ar = torch.arange(b, device=d.device)
+    nb = torch.stack([pad[ar, iy + 1 + dy, ix + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 1)
+    valid = ~torch.isnan(nb)
+    lo = torch.where(valid, nb, torch.full_like(nb, float("inf"))).amin(1, keepdim=True)
+    wts = torch.where(valid, nb - lo, torch.zeros_like(nb))
+    off = torch.tensor([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=d.dtype, device=d.device)
+    norm = wts.sum(1, keepdim=True)
+    delta = torch.where(norm > 0, (wts.unsqueeze(-1) * off).sum(1) / norm.clamp(min=1e-12), torch.zeros(b, 2).to(d))
+    pos = torch.stack([ix, iy], -1).to(d) + 0.5 + delta
+    return pos, val
+
+
+@dataclass
+class TraceConfig:
+    method: str = "kl"                 # kl | rgb
+    masks: int | None = None           # reveal masks averaged per scale (None: predictor default)
+    scales: int | None = None          # number of zoom scales (None: predictor default)
+    first_crop: int | None = None      # px at the working resolution (None: predictor default)
+    shrink: float | None = None        # crop shrink per scale (None: predictor default)
+    hide_radius: int = 1               # patches around the estimate kept hidden (3x3 by default)
+    zoom_search: float = 0.5           # at refinement scales, search only this central fraction of the window
+    occlusion_threshold: float = 0.0   # peak D below this = occluded (0: never)
+    seed: int = 0
+    batch: int = 64                    # query points per predictor call
+    keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
+
+
+@dataclass
+class TraceResult:
+    points: np.ndarray                 # (N,2) x, y in frame-2 pixels of the caller's image
+    visible: np.ndarray                # (N,) bool
+    confidence: np.ndarray             # (N,) peak D of the last scale
+    maps: list = field(default_factory=list)  # per point: (map (g,g), window box in frame-2 px) if keep_maps
+
+
+def default_scales(pred: Predictor) -> int:
+    n, crop = 1, pred.first_crop
+    while crop * pred.shrink >= pred.window * 0.5 - 1e-6 and n < 8:
+        crop *= pred.shrink
+        n += 1
+    return n
+
+
+class Engine:
+    def __init__(self, predictor: Predictor, config: TraceConfig | None = None):
+        self.p = predictor
+        self.cfg = config or TraceConfig()
+        if self.cfg.method not in ("kl", "rgb"):
+            raise ValueError(f"method must be 'kl' or 'rgb', got {self.cfg.method!r}")
+
+    # ----------------------------------------------------------- geometry
+    def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution."""
+        t = torch.as_tensor(np.ascontiguousarray(frame)) if not isinstance(frame, torch.Tensor) else frame
+        if t.ndim != 3 or t.shape[2] != 3 or t.shape[0] < 2 or t.shape[1] < 2:
+            raise ValueError(f"expected an (H,W,3) RGB image, got shape {tuple(t.shape)}")
+        t = t.float() / 255 if t.dtype == torch.uint8 else t.float()
+        s = self.p.image_size
+        return F.interpolate(t.permute(2, 0, 1).unsqueeze(0), size=(s, s), mode="bilinear", antialias=True,
+                             align_corners=False).clamp(0, 1)
+
+    def _windows(self, image: torch.Tensor, centres: torch.Tensor, crop: float) -> torch.Tensor:
+        """(B,3,w,w) windows of ``crop`` working px centred at ``centres`` (B,2) (continuous px)."""
+        w, s = self.p.window, self.p.image_size
+        factor = crop / w
+        src = image
+        if factor > 1.01:  # antialias: sample from a pre-shrunk image
+            size = max(2, round(s / factor))
+            src = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        u = (torch.arange(w, dtype=torch.float32) + 0.5) * crop / w - crop / 2
+        gx = (centres[:, 0].view(-1, 1, 1) + u.view(1, 1, w)) / s * 2 - 1
+        gy = (centres[:, 1].view(-1, 1, 1) + u.view(1, w, 1)) / s * 2 - 1
+        grid = torch.stack([gx.expand(-1, w, w), gy.expand(-1, w, w)], -1)
+        return F.grid_sample(src.expand(len(centres), -1, -1, -1), grid, mode="bilinear",
+                             padding_mode="border", align_corners=False)
+
+    # ---------------------------------------------------------------- run
+    @torch.no_grad()
+    def track(self, frame1, frame2, queries) -> TraceResult:
+        q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
+        h1, w1 = np.shape(frame1)[:2]
+        h2, w2 = np.shape(frame2)[:2]
+        img1, img2 = self._prepare(frame1), self._prepare(frame2)
+        s = self.p.image_size
+        if len(q) == 0:
+            return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
+        qw = torch.tensor((q + 0.5) * [s / w1, s / h1], dtype=torch.float32)   # continuous working px
+        est = qw.clone()
+        conf = torch.zeros(len(q))
+        maps = [None] * len(q)
+        for i in range(0, len(q), self.cfg.batch):
+            sl = slice(i, i + self.cfg.batch)
+            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl])
+            maps[sl] = m
+        pts = est.numpy() * [w2 / s, h2 / s] - 0.5
+        inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
+        vis = (conf.numpy() >= self.cfg.occlusion_threshold) & inside   # out of view = not visible
+        res = TraceResult(pts, vis, conf.numpy())
+        if self.cfg.keep_maps:
+            res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
+        return res
+
+    def _track_batch(self, img1, img2, qw):
+        p, cfg = self.p, self.cfg
+        s, w, patch = p.image_size, p.window, p.patch
+        g = w // patch
+        n = len(qw)
+        est = qw.clone()
+        scales = cfg.scales or default_scales(p)
+        crop = float(cfg.first_crop or p.first_crop)
+        shrink = cfg.shrink or p.shrink
+        gen = torch.Generator().manual_seed(cfg.seed)
+        peak = torch.zeros(n)
+        maps = [None] * n
+        for k in range(scales):
+            whole = crop >= s - 1e-6
+            if whole:  # one window for everyone: the clean pass is shared by all points
+                centre = torch.full((1, 2), s / 2)
+                src_c, tgt_c = centre.expand(n, 2), centre.expand(n, 2)
+                crop_k = float(s)
+            else:
+                src_c, tgt_c, crop_k = qw, est, crop
+            scale = w / crop_k
+            src_w = self._windows(img1, src_c[:1] if whole else src_c, crop_k)
+            tgt_w = self._windows(img2, tgt_c[:1] if whole else tgt_c, crop_k)
+            q_win = (qw - src_c) * scale + w / 2                      # query in source-window px
+            e_win = (est - tgt_c) * scale + w / 2                     # estimate in target-window px
+            traced = add_tracer(src_w.expand(n, -1, -1, -1), q_win, p.tracer_sigma)
+            keep = None
+            if not whole or k > 0:
+                keep = torch.zeros(g, g, dtype=torch.bool)
+                if not whole:  # the estimate sits at the target-window centre for every point
+                    c0, r = g // 2, cfg.hide_radius
+                    keep[c0 - r - 1:c0 + r + 1, c0 - r - 1:c0 + r + 1] = True
+            total = torch.zeros(n, g * g)
+            count = torch.zeros(1, g * g)
+            for _ in range(cfg.masks or getattr(p, "masks", 1)):
+                mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep if not whole else None)
+                hidden = ~mask.flatten()
+                total[:, hidden] += self._map(src_w, traced, tgt_w, mask).cpu()
+                count[:, hidden] += 1
+            d = (total / count.clamp(min=1)).view(n, g, g)
+            d = torch.where(count.view(1, g, g) > 0, d, torch.zeros_like(d))
+            search = d
+            if not whole and k > 0 and cfg.zoom_search < 1:  # refine near the previous estimate only
+                lo = int(round(g * (1 - cfg.zoom_search) / 2))
+                inside = torch.zeros(g, g, dtype=torch.bool)
+                inside[lo:g - lo, lo:g - lo] = True
+                search = torch.where(inside, d, torch.zeros_like(d))
+            pos, peak = refine_peak(search)
+            new_est = (pos * patch - w / 2) / scale + tgt_c
+            est = new_est
+            if self.cfg.keep_maps:
+                box = torch.cat([tgt_c - crop_k / 2, tgt_c + crop_k / 2], 1).numpy()
+                maps = [(d[i].numpy(), box[i]) for i in range(n)]
+            crop *= shrink
+        return est, peak, maps
+
+    def _map(self, src_w, traced, tgt_w, mask):
+        """Per-point maps (B, M) over hidden patches: KL or RGB difference."""
+        p = self.p
+        shared = src_w.shape[0] == 1
+        if self.cfg.method == "kl":
+            clean = p.log_probs(src_w, tgt_w, mask)
+            pert = p.log_probs(traced, tgt_w, mask, reference=src_w if shared else None)
+            return kl_map(clean, pert)
+        clean = p.predict_rgb(src_w, tgt_w, mask)
+        pert = p.predict_rgb(traced, tgt_w, mask)
+        diff = (pert.float() - clean.float()).abs().sum(1, keepdim=True)
+        per_patch = F.avg_pool2d(diff, p.patch).flatten(1)
+        return per_patch[:, ~mask.flatten().to(per_patch.device)]

@@ -1,0 +1,94 @@
+"""The shipped small model: loads, predicts, follows a synthetic translation; `kltrace train` runs and resumes."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kltrace_ros.lras.checkpoint import load_checkpoint
+from kltrace_ros.tracing.engine import Engine, TraceConfig
+from kltrace_ros.tracing.predictor import MotionPredictor, default_model_path, load_predictor
+
+cv2 = pytest.importorskip("cv2")
+skdata = pytest.importorskip("skimage.data")
+
+
+def test_shipped_checkpoint_loads_and_predicts():
+    path = default_model_path()
+    assert path.is_file() and path.stat().st_size < 20 * 2**20
+    cfg, _ = load_checkpoint(path)
+    assert cfg["model_class"] == "MotionLRAS"
+    pred = load_predictor()
+    assert isinstance(pred, MotionPredictor)
+    w = pred.window
+    src = torch.rand(3, 3, w, w)
+    mask = torch.zeros(w // pred.patch, w // pred.patch, dtype=torch.bool)
+    mask[::3, ::3] = True
+    lp = pred.log_probs(src, src[:1], mask)
+    assert lp.shape == (3, int((~mask).sum()), cfg["n_codes"])
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(3, int((~mask).sum())), atol=1e-4)
+    # with the whole target revealed except a few cells, a copy of the source is predicted well
+    full = torch.ones_like(mask)
+    full[4:6, 4:6] = False
+    codes = pred.model.tokenizer.encode(src[:1])
+    acc = (pred.log_probs(src[:1], src[:1], full).argmax(-1) == codes.flatten(1)[:, ~full.flatten()]).float().mean()
+    assert acc > 0.5
+
+
+def test_kl_tracing_follows_a_translation_better_than_zero_motion():
+    img = cv2.resize(skdata.chelsea(), (320, 240), interpolation=cv2.INTER_AREA)
+    d = np.array([4.5, -3.0])
+    f2 = cv2.warpAffine(img, np.float32([[1, 0, d[0]], [0, 1, d[1]]]), (320, 240), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT)
+    q = np.random.default_rng(0).uniform([48, 48], [272, 192], (24, 2))
+    res = Engine(load_predictor(), TraceConfig(seed=0)).track(img, f2, q)
+    err = np.linalg.norm(res.points - (q + d), axis=1)
+    zero = np.linalg.norm(d)
+    assert np.median(err) < 0.5 * zero, err
+    assert err.mean() < 0.7 * zero, err
+
+
+def test_track_pair_cli_contract(tmp_path):
+    img = cv2.resize(skdata.astronaut(), (200, 150), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "b.png"), np.roll(img, 2, axis=1))
+    (tmp_path / "q.json").write_text(json.dumps([[50, 60], [120.5, 80.25], [10, 10]]))
+    cmd = [sys.executable, "-m", "kltrace_ros.cli", "track-pair", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+           str(tmp_path / "q.json"), str(tmp_path / "out.json"), "--masks", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert set(out) == {"points", "visible"}
+    assert len(out["points"]) == 3 and all(len(p) == 2 and all(isinstance(v, float) for v in p) for p in out["points"])
+    assert all(isinstance(v, bool) for v in out["visible"]) and len(out["visible"]) == 3
+    for p, q in zip(out["points"], [[50, 60], [120.5, 80.25], [10, 10]]):
+        assert abs(p[0] - q[0]) < 40 and abs(p[1] - q[1]) < 40
+    (tmp_path / "bad.json").write_text("[[1, 2, 3]]")
+    bad = subprocess.run(cmd[:6] + [str(tmp_path / "bad.json"), str(tmp_path / "o2.json")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "list of [x, y] pairs" in bad.stderr
+    missing = subprocess.run(cmd[:4] + [str(tmp_path / "nope.png")] + cmd[5:7] + [str(tmp_path / "o3.json")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
+
+
+def test_train_runs_from_scratch_and_resumes(tmp_path):
+    base = [sys.executable, "-m", "kltrace_ros.cli", "train", "--out", str(tmp_path / "run"), "--batch", "4",
+            "--codes", "32", "--log-every", "2", "--no-debian", "--threads", "1"]
+    first = subprocess.run(base + ["--steps", "4"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["cfg"]["n_codes"] == 32
+    second = subprocess.run(base + ["--steps", "2", "--resume", "--export", str(tmp_path / "shipped.pt")],
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["pairs"] == 24
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert isinstance(load_predictor(tmp_path / "shipped.pt"), MotionPredictor)

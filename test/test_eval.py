@@ -1,0 +1,105 @@
+"""Dataset reader, TAP-Vid metrics, baselines and the `kltrace eval` command on a folder we write."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kltrace_ros.eval.baselines import dis, lucas_kanade, zero_motion
+from kltrace_ros.eval.datasets import FLO_MAGIC, load_pairs, make_queries, read_flo
+from kltrace_ros.eval.metrics import tapvid_metrics
+
+cv2 = pytest.importorskip("cv2")
+skdata = pytest.importorskip("skimage.data")
+
+
+def write_flo(path, flow):
+    h, w = flow.shape[:2]
+    with open(path, "wb") as f:
+        np.array([FLO_MAGIC], np.float32).tofile(f)
+        np.array([w, h], np.int32).tofile(f)
+        flow.astype(np.float32).tofile(f)
+
+
+def make_folder(root, d=(3.0, -2.0)):
+    img = cv2.resize(skdata.astronaut(), (256, 192), interpolation=cv2.INTER_AREA)
+    m = np.float32([[1, 0, d[0]], [0, 1, d[1]]])
+    f2 = cv2.warpAffine(img, m, (256, 192), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    pdir = root / "shift"
+    pdir.mkdir(parents=True)
+    cv2.imwrite(str(pdir / "frame1.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(pdir / "frame2.png"), cv2.cvtColor(f2, cv2.COLOR_RGB2BGR))
+    flow = np.zeros((192, 256, 2), np.float32) + np.float32(d)
+    flow[:10] = 1e10  # unknown rows
+    write_flo(pdir / "flow.flo", flow)
+    (root / "pairs.json").write_text(json.dumps([{"id": "shift", "kind": "synthetic"}]))
+    return img, f2
+
+
+def test_flo_reader_and_queries(tmp_path):
+    make_folder(tmp_path)
+    flow = read_flo(tmp_path / "shift" / "flow.flo")
+    assert flow.shape == (192, 256, 2) and np.isnan(flow[:10]).all() and np.allclose(flow[10:], [3, -2])
+    (pair,) = load_pairs(tmp_path)
+    q, t, vis = make_queries(pair, 50, seed=1)
+    assert len(q) == 50 and (q[:, 1] >= 10).all() and np.allclose(t - q, [3, -2])
+    assert vis.sum() == ((q[:, 0] + 3 <= 255) & (q[:, 1] - 2 >= 0)).sum()
+    bad = tmp_path / "bad.flo"
+    bad.write_bytes(b"nope" + b"\0" * 8)
+    with pytest.raises(ValueError, match="bad magic"):
+        read_flo(bad)
+
+
+def test_tapvid_metrics_by_hand():
+    gt = np.array([[0, 0], [10, 10], [20, 20], [30, 30]], float)
+    gv = np.array([True, True, True, False])
+    pred = gt + [[0.5, 0], [3, 0], [20, 0], [0, 0]]
+    pv = np.array([True, True, False, True])
+    m = tapvid_metrics(pred, pv, gt, gv, (256, 256))
+    # within thresholds 1,2,4,8,16 among visible: point0 all, point1 from 4, point2 none
+    assert m["delta_avg"] == pytest.approx(100 * np.mean([1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3]))
+    assert m["OA"] == pytest.approx(50.0)
+    assert m["EPE"] == pytest.approx((0.5 + 3 + 20) / 3)
+    # thr 1: TP=1 (p0), FP = p1 (too far) + p3 (occluded) = 2, FN = p1 + p2 = 2
+    jac1 = 1 / 5
+    jac4 = 2 / (2 + 1 + 1)  # TP p0,p1; FP p3; FN p2
+    assert m["AJ"] == pytest.approx(100 * np.mean([jac1, jac1, jac4, jac4, jac4]))
+    # scaling to 256x256: the same pixel error in a 512-wide image is half
+    assert tapvid_metrics(pred, pv, gt, gv, (256, 512))["EPE"] < m["EPE"]
+
+
+def test_baselines_follow_a_translation(tmp_path):
+    f1, f2 = make_folder(tmp_path)
+    q = np.array([[100.0, 100.0], [150.0, 80.0], [60.0, 140.0]])
+    for fn in (lucas_kanade, dis):
+        p, v = fn(f1, f2, q)
+        assert np.abs(p - q - [3, -2]).max() < 0.5, fn.__name__
+    p, v = zero_motion(f1, f2, q)
+    assert np.array_equal(p, q) and v.all()
+
+
+def test_eval_command_writes_results_and_pictures(tmp_path):
+    make_folder(tmp_path / "gt")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "eval", str(tmp_path / "gt"), "--methods",
+                           "kl,zero,lk", "--queries", "16", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["overall"]) == {"kl", "zero", "lk"}
+    assert res["overall"]["lk"]["EPE"] < res["overall"]["zero"]["EPE"]
+    assert "| kl |" in proc.stdout
+    for png in ("summary.png", "pairs.png"):
+        assert (out / png).stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "eval", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "pairs.json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dev_set_loads(shared_data):
+    pairs = load_pairs(shared_data / "flow-gt")
+    assert len(pairs) >= 5
+    for p in pairs:
+        q, t, vis = make_queries(p, 8)
+        assert len(q) == 8 and p.frame1.shape == p.frame2.shape

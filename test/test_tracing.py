@@ -1,0 +1,93 @@
+"""Tracing engine on the analytic predictor: tracer, KL, peaks, sub-pixel recovery, out-of-view points."""
+import numpy as np
+import pytest
+import torch
+
+from kltrace_ros.tracing.analytic import AnalyticShiftPredictor
+from kltrace_ros.tracing.engine import Engine, TraceConfig, add_tracer, kl_map, refine_peak
+
+cv2 = pytest.importorskip("cv2")
+skdata = pytest.importorskip("skimage.data")
+
+
+def translated_pair(d, size=(320, 240)):
+    img = cv2.resize(skdata.astronaut(), size, interpolation=cv2.INTER_AREA)
+    m = np.float32([[1, 0, d[0]], [0, 1, d[1]]])
+    return img, cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def test_tracer_is_a_clipped_white_gaussian_at_subpixel_position():
+    base = torch.full((1, 3, 16, 16), 0.5)
+    out = add_tracer(base, torch.tensor([[8.0, 6.0]]), sigma=2.0)     # between pixels 7 and 8 in x, 5 and 6 in y
+    assert float(out.max()) == 1.0 and float(out.min()) >= 0.5          # clipped to the valid range
+    assert torch.allclose(out[0, :, 5, 7], out[0, :, 5, 8]) and torch.allclose(out[0, :, 5, 7], out[0, :, 6, 8])
+    far = add_tracer(torch.zeros(1, 3, 16, 16), torch.tensor([[8.0, 6.0]]), sigma=2.0)
+    expected = np.exp(-(3.5 ** 2 + 0.5 ** 2) / 8)                       # pixel (x=11, y=6): centre (11.5, 6.5)
+    assert far[0, 0, 6, 11].item() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(far[0, 0], far[0, 2])                            # white: the same on every channel
+
+
+def test_kl_map_is_zero_for_equal_and_positive_for_different_distributions():
+    lp = torch.randn(2, 5, 7).log_softmax(-1)
+    assert torch.allclose(kl_map(lp, lp), torch.zeros(2, 5), atol=1e-6)
+    other = lp.clone()
+    other[:, 3] = torch.randn(2, 7).log_softmax(-1)
+    d = kl_map(lp, other)
+    assert (d[:, 3] > 0).all() and torch.allclose(d[:, [0, 1, 2, 4]], torch.zeros(2, 4), atol=1e-6)
+    p, q = lp[0, 3].exp(), other[0, 3].exp()
+    assert d[0, 3].item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-4)
+    # bf16 inputs are accumulated in fp32
+    assert kl_map(lp.bfloat16(), other.bfloat16()).dtype == torch.float32
+
+
+def test_refine_peak_subpatch():
+    d = torch.zeros(1, 8, 8)
+    d[0, 3, 4] = 4.0
+    pos, val = refine_peak(d)
+    assert pos[0].tolist() == [4.5, 3.5] and val.item() == 4.0
+    d[0, 3, 5] = 4.0  # an equal neighbour to the right: the peak moves half a patch right
+    pos, _ = refine_peak(d)
+    assert pos[0, 0].item() == pytest.approx(5.0) and pos[0, 1].item() == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("method", ["kl", "rgb"])
+def test_engine_recovers_known_subpixel_translation(method):
+    d = np.array([3.3, -2.6])
+    f1, f2 = translated_pair(d)
+    q = np.random.default_rng(0).uniform([40, 40], [280, 200], (16, 2))
+    res = Engine(AnalyticShiftPredictor(), TraceConfig(method=method, masks=2, scales=2)).track(f1, f2, q)
+    err = np.linalg.norm(res.points - (q + d), axis=1)
+    zero = np.linalg.norm(d)
+    assert np.median(err) < 0.75 and err.max() < 2.0, err        # a patch is 4 window px = 2.5 image px here
+    assert err.mean() < 0.25 * zero
+    assert res.visible.all()
+
+
+def test_points_that_leave_the_view_are_flagged():
+    d = np.array([14.0, 0.0])
+    f1, f2 = translated_pair(d)
+    inside = np.array([[100.0, 100.0], [150.0, 120.0]])
+    leaving = np.array([[312.0, 100.0], [315.0, 150.0]])             # x + 14 > 319
+    res = Engine(AnalyticShiftPredictor(), TraceConfig(masks=2, scales=2)).track(f1, f2, np.vstack([inside, leaving]))
+    assert res.visible.tolist() == [True, True, False, False]
+
+
+def test_occlusion_threshold_flags_weak_peaks():
+    d = np.array([2.0, 1.0])
+    f1, f2 = translated_pair(d)
+    q = np.array([[100.0, 100.0], [200.0, 150.0]])
+    eng = Engine(AnalyticShiftPredictor(), TraceConfig(masks=1, scales=1))
+    conf = eng.track(f1, f2, q).confidence
+    eng.cfg.occlusion_threshold = float(conf.min()) + 1e-3
+    vis = eng.track(f1, f2, q).visible
+    assert vis.tolist() == (conf >= conf.min() + 1e-3).tolist() and not vis.all()
+
+
+def test_no_queries_and_bad_images():
+    f1, f2 = translated_pair((1, 1))
+    res = Engine(AnalyticShiftPredictor()).track(f1, f2, np.zeros((0, 2)))
+    assert res.points.shape == (0, 2)
+    with pytest.raises(ValueError, match="expected an \\(H,W,3\\) RGB image"):
+        Engine(AnalyticShiftPredictor()).track(f1[..., 0], f2, [[1, 1]])
+    with pytest.raises(ValueError, match="method must be"):
+        Engine(AnalyticShiftPredictor(), TraceConfig(method="sift"))
