@@ -9,7 +9,6 @@ nearest-code posterior of a source cell (see ``motion.py``).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MEAN = (0.485, 0.456, 0.406)
@@ -33,13 +32,16 @@ def to_cells(x: torch.Tensor, cell: int) -> torch.Tensor:
     b, c, h, w = x.shape
     if h % cell or w % cell:
         raise ValueError(f"image size {h}x{w} is not a multiple of the cell size {cell}")
-    return F.unfold(x, cell, stride=cell).transpose(1, 2)
+    gh, gw = h // cell, w // cell
+    return x.reshape(b, c, gh, cell, gw, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * cell * cell)
 
 
 def from_cells(cells: torch.Tensor, grid: tuple[int, int], cell: int) -> torch.Tensor:
     """Inverse of :func:`to_cells` for a (gh, gw) grid of cells."""
     gh, gw = grid
-    return F.fold(cells.transpose(1, 2), (gh * cell, gw * cell), cell, stride=cell)
+    b = cells.shape[0]
+    c = cells.shape[-1] // (cell * cell)
+    return cells.reshape(b, gh, gw, c, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * cell, gw * cell)
 
 
 class CellCode(nn.Module):

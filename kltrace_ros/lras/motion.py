@@ -91,7 +91,7 @@ class MotionLRAS(nn.Module):
     def features(self, codes: torch.Tensor, context: bool) -> torch.Tensor:
         """(B,G,G) codes -> (B,D,G,G) matching features."""
         e = self.emb(codes)
-        f = (e + self.phi(e)).permute(0, 3, 1, 2)
+        f = (e + self.phi(e)).permute(0, 3, 1, 2).contiguous()
         return f + self.ctx(f) if context else f
 
     def cell_offsets(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor):
@@ -100,11 +100,15 @@ class MotionLRAS(nn.Module):
         r = self.cfg["radius"]
         k = 2 * r + 1
         f_s = self.features(src, context=True)
-        f_t = self.features(tgt, context=False).flatten(2)                      # B,D,N
-        d = f_s.shape[1]
-        win = F.unfold(F.pad(f_s, (r, r, r, r)), k).view(b, d, k * k, g * g)     # B,D,P,N
-        valid = F.unfold(F.pad(f_s.new_ones(1, 1, g, g), (r, r, r, r)), k).view(1, k * k, g * g) > 0
-        corr = -(f_t.unsqueeze(2) - win).pow(2).mean(1) * self.log_temp.exp()   # B,P,N
+        f_t = self.features(tgt, context=False)                                 # B,D,G,G
+        # matching cost of every cell against the source cells within the radius, one offset at a time
+        # (order: offset index = (dy + r) * k + (dx + r), as ``self.offsets``)
+        f_pad = F.pad(f_s, (r, r, r, r))
+        v_pad = F.pad(f_s.new_ones(1, g, g), (r, r, r, r))
+        corr = torch.stack([-(f_t - f_pad[:, :, ky:ky + g, kx:kx + g]).pow(2).mean(1)
+                            for ky in range(k) for kx in range(k)], 1).flatten(2)
+        valid = torch.stack([v_pad[:, ky:ky + g, kx:kx + g] for ky in range(k) for kx in range(k)], 1).flatten(2) > 0
+        corr = corr * self.log_temp.exp()                                       # B,P,N
         attn = corr.masked_fill(~valid, float("-inf")).softmax(1)                # B,P,N
         # every cell collects the offset distributions of the revealed cells around it
         # (a vote: robust where single-cell matches are ambiguous) ...
@@ -140,12 +144,14 @@ class MotionLRAS(nn.Module):
         return to_cells(warped, cell), feat
 
     # ----------------------------------------------------------------- forward
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor, return_offsets: bool = False):
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor, return_offsets: bool = False,
+                hidden_only: bool = False):
         """Log-probabilities (B, N, n_codes) over codes for every target cell (raster order).
 
         src: (B,G,G) source codes; tgt: (B,G,G) or (G,G) target codes (only revealed ones are
-        read); reveal: (G,G) bool. Hidden cells' rows are the prediction; revealed rows too
-        (the model's own reconstruction), callers pick what they need.
+        read); reveal: (G,G) or (B,G,G) bool. Hidden cells' rows are the prediction; revealed
+        rows too (the model's own reconstruction). ``hidden_only`` (shared (G,G) mask) returns
+        only the hidden rows (B, M, n_codes) and skips the revealed cells' head.
         """
         b = src.shape[0]
         if tgt.dim() == 2:
@@ -156,6 +162,9 @@ class MotionLRAS(nn.Module):
         src_img = self.tokenizer.decode_normalised(src)
         src_emb = self.emb(src).permute(0, 3, 1, 2)
         content, feat = self.warp_source(src_img, src_emb, offsets)
+        if hidden_only:
+            keep = ~reveal.flatten()
+            content, feat = content[:, keep], feat[:, keep]
         cb = self.tokenizer.codebook
         scale = 1.0 / (self.log_tau.exp() ** 2 * cb.shape[1])
         prior = (content @ cb.T - 0.5 * (cb * cb).sum(-1)) * scale              # nearest-code posterior

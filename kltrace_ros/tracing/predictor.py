@@ -55,15 +55,25 @@ class MotionPredictor:
         self.occlusion_threshold = dict(c.get("occlusion_threshold", {}))
         self.device = torch.device(device)
         self.name = c.get("name", "MotionLRAS")
+        self._cache: list = []
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes of ``images``, memoised for the last few tensors (the engine passes the same
+        windows once per reveal mask; ``_version`` changes if a tensor is modified in place)."""
+        key = (images.data_ptr(), tuple(images.shape), images.stride(), images._version)
+        for k, tensor, codes in self._cache:
+            if k == key and tensor is images:
+                return codes
+        codes = self.model.tokenizer.encode(images.to(self.device))
+        self._cache = [(key, images, codes)] + self._cache[:3]
+        return codes
 
     @torch.no_grad()
     def log_probs(self, sources, targets, reveal, reference=None):
-        tok = self.model.tokenizer
-        src = tok.encode(sources.to(self.device))
-        tgt = tok.encode(targets.to(self.device))
+        src = self._encode(sources)
+        tgt = self._encode(targets)
         reveal = reveal.to(self.device)
-        logp = self.model(src, tgt, reveal)
-        return logp[:, ~reveal.flatten()]
+        return self.model(src, tgt, reveal, hidden_only=True)
 
     @torch.no_grad()
     def predict_rgb(self, sources, targets, reveal):

@@ -1,0 +1,124 @@
+"""Keypoint lifecycle across frames (ROS-free): seeding, persistent ids, occlusion, re-seeding.
+
+Each call to :meth:`PointTracker.update` takes the tracing result for the live tracks on one
+frame pair and returns the tracks of the newer frame. Tracks keep their id while they are
+visible; an occluded track is kept (at its last position) for ``max_occluded_frames`` pairs
+and then dropped; tracks that leave the image are dropped at once; new points are seeded
+(grid, good-features-to-track corners, or external queries) whenever there are fewer than
+``num_points`` tracks, away from existing ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+SOURCES = ("grid", "features", "topic")
+
+
+@dataclass
+class Track:
+    id: int
+    x: float
+    y: float
+    vx: float = 0.0
+    vy: float = 0.0
+    visible: bool = True
+    confidence: float = 0.0
+    age: int = 0
+    occluded_for: int = 0
+
+
+@dataclass
+class TrackerConfig:
+    num_points: int = 64
+    source: str = "grid"            # grid | features | topic
+    max_occluded_frames: int = 5
+    min_distance: float = 8.0       # px between a new seed and any live track
+    border: int = 4                 # px kept free at the image border when seeding
+
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"keypoint source must be one of {SOURCES}, got {self.source!r}")
+        if self.num_points < 1 or self.num_points > 4096:
+            raise ValueError(f"num_points must be in [1, 4096], got {self.num_points}")
+        if self.max_occluded_frames < 0:
+            raise ValueError(f"max_occluded_frames must be >= 0, got {self.max_occluded_frames}")
+
+
+@dataclass
+class PointTracker:
+    config: TrackerConfig = field(default_factory=TrackerConfig)
+    tracks: list = field(default_factory=list)
+    next_id: int = 0
+    external: np.ndarray | None = None   # queries from a topic (source == "topic")
+
+    def reset(self) -> None:
+        self.tracks = []
+
+    def set_external_queries(self, points) -> None:
+        """Points (N,2) to follow when ``source == 'topic'``; they replace the current tracks."""
+        self.external = np.asarray(points, np.float64).reshape(-1, 2)
+        self.tracks = []
+
+    def query_points(self) -> np.ndarray:
+        return np.array([[t.x, t.y] for t in self.tracks], np.float64).reshape(-1, 2)
+
+    def seed(self, image: np.ndarray) -> None:
+        """Add new tracks on ``image`` (H,W,3 or H,W) up to ``num_points``."""
+        cfg = self.config
+        h, w = image.shape[:2]
+        need = cfg.num_points - len(self.tracks)
+        if need <= 0:
+            return
+        if cfg.source == "topic":
+            cand = self.external if self.external is not None and not self.tracks else np.zeros((0, 2))
+        elif cfg.source == "features":
+            gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            pts = cv2.goodFeaturesToTrack(gray, maxCorners=cfg.num_points * 2, qualityLevel=0.01,
+                                          minDistance=cfg.min_distance, blockSize=7)
+            cand = pts.reshape(-1, 2).astype(np.float64) if pts is not None else np.zeros((0, 2))
+        else:
+            n = int(np.ceil(np.sqrt(cfg.num_points * w / h)))
+            m = int(np.ceil(cfg.num_points / n))
+            xs = (np.arange(n) + 0.5) * (w - 2 * cfg.border) / n + cfg.border - 0.5
+            ys = (np.arange(m) + 0.5) * (h - 2 * cfg.border) / m + cfg.border - 0.5
+            cand = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+        if len(cand):
+            inside = (cand[:, 0] >= 0) & (cand[:, 0] <= w - 1) & (cand[:, 1] >= 0) & (cand[:, 1] <= h - 1)
+            cand = cand[inside]
+        live = self.query_points()
+        for p in cand:
+            if need <= 0:
+                break
+            if len(live) and np.min(np.linalg.norm(live - p, axis=1)) < cfg.min_distance and cfg.source != "topic":
+                continue
+            self.tracks.append(Track(self.next_id, float(p[0]), float(p[1])))
+            self.next_id += 1
+            live = np.vstack([live, p[None]])
+            need -= 1
+
+    def update(self, points, visible, confidence, image_size) -> list:
+        """Apply tracing results (aligned with :meth:`query_points`) for a pair with the newer image of (H, W)."""
+        h, w = image_size
+        kept = []
+        for t, p, v, c in zip(self.tracks, np.asarray(points).reshape(-1, 2), visible, confidence):
+            inside = 0 <= p[0] <= w - 1 and 0 <= p[1] <= h - 1
+            if not inside:
+                continue
+            t.age += 1
+            t.confidence = float(c)
+            if v:
+                t.vx, t.vy = float(p[0] - t.x), float(p[1] - t.y)
+                t.x, t.y = float(p[0]), float(p[1])
+                t.visible, t.occluded_for = True, 0
+            else:
+                t.visible = False
+                t.vx = t.vy = 0.0
+                t.occluded_for += 1
+                if t.occluded_for > self.config.max_occluded_frames:
+                    continue
+            kept.append(t)
+        self.tracks = kept
+        return kept
