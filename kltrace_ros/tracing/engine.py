@@ -105,7 +105,7 @@ class Engine:
     # ----------------------------------------------------------- geometry
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution."""
-        t = torch.as_tensor(np.ascontiguousarray(frame)) if not isinstance(frame, torch.Tensor) else frame
+        t = torch.from_numpy(np.array(frame, copy=True)) if not isinstance(frame, torch.Tensor) else frame
         if t.ndim != 3 or t.shape[2] != 3 or t.shape[0] < 2 or t.shape[1] < 2:
             raise ValueError(f"expected an (H,W,3) RGB image, got shape {tuple(t.shape)}")
         t = t.float() / 255 if t.dtype == torch.uint8 else t.float()

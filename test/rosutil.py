@@ -1,0 +1,142 @@
+"""Helpers for tests that run kltrace_node as a real process and talk to it over DDS."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from kltrace_ros.msg import TrackArray
+from kltrace_ros.ros.convert import encode_image
+
+
+def start_node(tmp_path, env, params: dict | None = None, args: list | None = None, name: str = "kltrace"):
+    """kltrace_node with a params file and remapping, as a user would start it."""
+    p = {"num_points": 16, "masks": 1, "scales": 1, "threads": 1, **(params or {})}
+    lines = ["/**:", "  ros__parameters:"]
+    for k, v in p.items():
+        lines.append(f"    {k}: {repr(v) if not isinstance(v, (bool, str, list)) else _yaml(v)}")
+    pfile = tmp_path / f"{name}_params.yaml"
+    pfile.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/test_cam/image_raw",
+           "-r", f"__node:={name}", "--params-file", str(pfile)] + (args or [])
+    log = open(tmp_path / f"{name}.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = tmp_path / f"{name}.log"
+    return proc
+
+
+def _yaml(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return "[" + ", ".join(_yaml(x) if isinstance(x, (str, bool)) else repr(x) for x in v) + "]"
+
+
+def node_log(proc) -> str:
+    return proc.log_path.read_text()
+
+
+def stop_node(proc, timeout=5.0) -> float:
+    """SIGINT, wait; returns the seconds it took (kills it if it does not stop)."""
+    t0 = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return float("inf")
+    return time.monotonic() - t0
+
+
+class Harness:
+    """A test-side node: publishes images like a camera and collects the node's outputs."""
+
+    def __init__(self, domain_id: int, topic="/test_cam/image_raw", out_ns="/kltrace", compressed=False):
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node("kltrace_test_harness", context=self.ctx)
+        from sensor_msgs.msg import CompressedImage
+
+        self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
+                                              topic + ("/compressed" if compressed else ""), qos_profile_sensor_data)
+        self.tracks: list = []
+        self.tracks_topic = out_ns + "/tracks"
+        self.node.create_subscription(TrackArray, self.tracks_topic, self.tracks.append, 50)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.stamp = 1_700_000_000 * 10**9
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def wait_for(self, cond, timeout: float, proc=None) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            if proc is not None and proc.poll() is not None:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return cond()
+
+    def wait_connected(self, timeout=30.0, proc=None) -> bool:
+        """Both directions matched (our images -> node, node's tracks -> us), then let discovery settle."""
+        ok = self.wait_for(lambda: self.pub.get_subscription_count() > 0
+                           and self.node.count_publishers(self.tracks_topic) > 0, timeout, proc)
+        self.spin(0.5)
+        return ok
+
+    def publish(self, array: np.ndarray, encoding="rgb8", stamp_ns: int | None = None, frame_id="cam") -> None:
+        msg = encode_image(Image(), array, encoding)
+        self._stamp(msg, stamp_ns, frame_id)
+        self.pub.publish(msg)
+
+    def publish_msg(self, msg, stamp_ns=None, frame_id="cam") -> None:
+        self._stamp(msg, stamp_ns, frame_id)
+        self.pub.publish(msg)
+
+    def _stamp(self, msg, stamp_ns, frame_id):
+        if stamp_ns is None:
+            self.stamp += 100_000_000
+            stamp_ns = self.stamp
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        msg.header.frame_id = frame_id
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+def textured(h=160, w=200, seed=0):
+    """A real textured RGB image (scikit-image's astronaut) of size (h, w)."""
+    import cv2
+    from skimage import data
+
+    img = cv2.resize(data.astronaut(), (w + 64, h + 64), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def shifted(big, dx, dy, h=160, w=200):
+    """Window (h, w) of ``big`` whose content moved by (dx, dy) px (integer shifts)."""
+    x0, y0 = 32 - dx, 32 - dy
+    return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
+
+
+def env_pid(env):
+    return int(env["ROS_DOMAIN_ID"])
+
+
+__all__ = ["start_node", "stop_node", "Harness", "textured", "shifted", "node_log", "env_pid", "os"]

@@ -1,0 +1,252 @@
+"""kltrace_node as a real process (--ros-args, remapping, params file) fed by another process over DDS."""
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from rosutil import Harness, env_pid, node_log, shifted, start_node, stop_node, textured  # noqa: E402
+
+
+@pytest.fixture
+def big():
+    return textured()
+
+
+def feed(h, proc, frames, prime=False, timeout=60.0, **kw):
+    """Publish frames one by one, each after the node has answered the previous one.
+
+    ``prime``: the first frame starts a new sequence (no pair yet): just give the node time to take it.
+    """
+    for i, f in enumerate(frames):
+        before = len(h.tracks)
+        h.publish(f, **kw)
+        if prime and i == 0:
+            h.spin(0.5)
+        elif not h.wait_for(lambda: len(h.tracks) > before, timeout, proc):
+            raise AssertionError(f"no tracks after a frame: {node_log(proc)}")
+
+
+def wait_log(proc, text, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in node_log(proc):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_tracks_follow_a_translating_image(tmp_path, ros_env, big):
+    proc = start_node(tmp_path, ros_env, {"num_points": 24, "masks": 2, "scales": 2})
+    h = Harness(env_pid(ros_env))
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        stamps = []
+        for i in range(6):
+            before = len(h.tracks)
+            h.stamp += 33_000_000
+            stamps.append(h.stamp)
+            h.publish(shifted(big, 2 * i, i), stamp_ns=h.stamp, frame_id="camera_optical")
+            if i:
+                assert h.wait_for(lambda: len(h.tracks) > before, 60, proc), node_log(proc)
+            else:
+                h.spin(0.5)  # the node keeps only the newest frame: let it take the first one
+        assert len(h.tracks) == 5
+        for k, msg in enumerate(h.tracks):
+            assert msg.header.frame_id == "camera_optical"
+            newer, older = stamps[k + 1], stamps[k]
+            assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == newer
+            assert msg.previous_stamp.sec * 10**9 + msg.previous_stamp.nanosec == older
+            moving = [t for t in msg.tracks if t.visible]
+            assert len(moving) >= 12
+            assert abs(np.median([t.vx for t in moving]) - 2.0) < 1.0
+            assert abs(np.median([t.vy for t in moving]) - 1.0) < 1.0
+        ids = [t.id for t in h.tracks[-1].tracks]
+        assert len(set(ids)) == len(ids) and max(t.age for t in h.tracks[-1].tracks) == 5
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_encodings_and_bad_input_keep_the_node_running(tmp_path, ros_env, big):
+    proc = start_node(tmp_path, ros_env)
+    h = Harness(env_pid(ros_env))
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        h.publish(shifted(big, 0, 0))
+        h.spin(0.5)  # the node keeps only the newest frame: let it take this one first
+        bad = [Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)),
+               Image(height=0, width=0, encoding="rgb8", step=0),
+               Image(height=40, width=40, encoding="rgb8", step=120, data=bytes(100))]
+        for m in bad:
+            h.publish_msg(m)
+            h.spin(0.3)
+        assert wait_log(proc, "unsupported image encoding 'yuv422'"), node_log(proc)
+        assert wait_log(proc, "empty image") and wait_log(proc, "truncated"), node_log(proc)
+        assert proc.poll() is None
+        n = 1
+        for enc in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1"):
+            img = shifted(big, n, 0)
+            if enc == "bgr8":
+                img = img[..., ::-1]
+            elif enc in ("rgba8", "bgra8"):
+                img = np.dstack([img if enc == "rgba8" else img[..., ::-1], np.full(img.shape[:2], 255, np.uint8)])
+            elif enc == "mono8":
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            elif "16" in enc:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
+            before = len(h.tracks)
+            h.publish(img, encoding=enc)
+            assert h.wait_for(lambda: len(h.tracks) > before, 60, proc), f"no tracks after {enc}: {node_log(proc)}"
+            n += 1
+        assert proc.poll() is None
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_compressed_input(tmp_path, ros_env, big):
+    proc = start_node(tmp_path, ros_env, {"compressed": True}, args=["-r", "image/compressed:=/test_cam/image_raw/compressed"])
+    h = Harness(env_pid(ros_env), compressed=True)
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        for i in range(3):
+            ok, jpg = cv2.imencode(".png", cv2.cvtColor(shifted(big, 2 * i, 0), cv2.COLOR_RGB2BGR))
+            before = len(h.tracks)
+            h.publish_msg(CompressedImage(format="png", data=jpg.tobytes()))
+            if i:
+                assert h.wait_for(lambda: len(h.tracks) > before, 60, proc), node_log(proc)
+            else:
+                h.spin(0.5)
+        assert abs(np.median([t.vx for t in h.tracks[-1].tracks if t.visible]) - 2.0) < 1.0
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_resets_reseeding_and_live_parameters(tmp_path, ros_env, big):
+    proc = start_node(tmp_path, ros_env, {"num_points": 12})
+    h = Harness(env_pid(ros_env))
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        feed(h, proc, [shifted(big, 0, 0), shifted(big, 1, 0)], prime=True)
+        first_ids = {t.id for t in h.tracks[-1].tracks}
+        assert len(first_ids) == 12
+        # ~/reset clears the tracks: the next pair starts fresh ids
+        cli = h.node.create_client(Trigger, "/kltrace/reset")
+        assert cli.wait_for_service(timeout_sec=10)
+        fut = cli.call_async(Trigger.Request())
+        assert h.wait_for(fut.done, 10) and fut.result().success
+        feed(h, proc, [shifted(big, 2, 0), shifted(big, 3, 0)], prime=True)
+        assert not first_ids & {t.id for t in h.tracks[-1].tracks}
+        # a time jump back resets (with a warning); so does a size change
+        ids = {t.id for t in h.tracks[-1].tracks}
+        h.publish(shifted(big, 4, 0), stamp_ns=h.stamp - 10**9)
+        h.spin(0.5)
+        feed(h, proc, [shifted(big, 5, 0)])
+        assert wait_log(proc, "time jumped back"), node_log(proc)
+        assert not ids & {t.id for t in h.tracks[-1].tracks}
+        ids = {t.id for t in h.tracks[-1].tracks}
+        h.publish(cv2.resize(shifted(big, 5, 0), (100, 80)))
+        h.spin(0.5)
+        feed(h, proc, [cv2.resize(shifted(big, 6, 0), (100, 80))])
+        assert wait_log(proc, "image size changed 200x160 -> 100x80"), node_log(proc)
+        assert not ids & {t.id for t in h.tracks[-1].tracks}
+        # re-seeding: content moves right 7 px per frame, the right column leaves the image and is replaced
+        feed(h, proc, [shifted(big, 0, 0)] + [shifted(big, 7 * k, 0) for k in range(1, 5)], prime=True)
+        seen_before = {t.id for m in h.tracks[:-4] for t in m.tracks}
+        last = h.tracks[-1].tracks
+        new_ids = {t.id for t in last} - {t.id for t in h.tracks[-4].tracks}
+        assert len(last) == 12 and new_ids and not new_ids & seen_before
+        # live parameters: valid change applied, invalid rejected with a reason, restart-only refused
+        setp = h.node.create_client(SetParameters, "/kltrace/set_parameters")
+        assert setp.wait_for_service(timeout_sec=10)
+
+        def set_param(name, kind, **value):
+            req = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(type=kind, **value))])
+            f = setp.call_async(req)
+            assert h.wait_for(f.done, 10)
+            return f.result().results[0]
+
+        r = set_param("masks", ParameterType.PARAMETER_INTEGER, integer_value=-3)
+        assert not r.successful and "masks must be" in r.reason
+        r = set_param("model_path", ParameterType.PARAMETER_STRING, string_value="/tmp/x.pt")
+        assert not r.successful and "restart" in r.reason
+        r = set_param("num_points", ParameterType.PARAMETER_INTEGER, integer_value=5)
+        assert r.successful
+        feed(h, proc, [shifted(big, 31, 0)])
+        assert len(h.tracks[-1].tracks) <= 5
+        assert proc.poll() is None
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "bad_param"])
+def test_startup_errors_exit_nonzero_with_the_fix(tmp_path, ros_env, case):
+    if case == "missing":
+        params, expect = {"model_path": str(tmp_path / "nope.pt")}, "does not exist"
+    elif case == "corrupt":
+        (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04garbage" * 10)
+        params, expect = {"model_path": str(tmp_path / "bad.pt")}, "corrupt or truncated"
+    else:
+        params, expect = {"num_points": 0}, "num_points must be"
+    proc = start_node(tmp_path, ros_env, params)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert expect in node_log(proc) and "cannot start" in node_log(proc)
+
+
+def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
+    """30 Hz camera, slower inference, 60 s: frames are dropped and counted; memory and latency stay flat."""
+    duration = float(os.environ.get("KLTRACE_SOAK_S", "60"))
+    proc = start_node(tmp_path, ros_env, {"num_points": 32, "masks": 2, "scales": 2})
+    h = Harness(env_pid(ros_env))
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diags = []
+    h.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    rss = []
+
+    def rss_mb():
+        with open(f"/proc/{proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < duration:
+            h.publish(shifted(big, i % 20, 0))
+            i += 1
+            h.spin(max(0.0, t0 + i / 30 - time.monotonic()))  # 30 Hz schedule
+            if i % 30 == 0:
+                rss.append(rss_mb())
+        h.spin(2.0)
+        vals = {kv.key: kv.value for kv in diags[-1].status[0].values}
+        early = [float({kv.key: kv.value for kv in d.status[0].values}["latency_ms"]) for d in diags[3:8]]
+        late = float(vals["latency_ms"])
+        report = (f"soak {duration:.0f}s: published {i}, received {vals['received']}, processed {vals['processed']}, "
+                  f"dropped {vals['dropped']}, latency early {np.mean(early):.0f} ms late {late:.0f} ms, "
+                  f"RSS mean {np.mean(rss[: len(rss) // 3]):.0f} (first third) -> {np.mean(rss[-len(rss) // 3:]):.0f} MB "
+                  f"(last third), max {max(rss):.0f} MB")
+        print(report)
+        (tmp_path.parent / "soak_report.txt").write_text(report)
+        assert int(vals["dropped"]) > 0 and int(vals["processed"]) > 5
+        assert np.mean(rss[-len(rss) // 3:]) - np.mean(rss[: len(rss) // 3]) < 50, report
+        assert late < 3 * max(np.mean(early), 100), report
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
