@@ -58,6 +58,15 @@ def register(sub) -> None:
     p.set_defaults(func=_video)
 
 
+    p = sub.add_parser("demo", help="run the node on real footage fed by this process; overlay video + tracks")
+    p.add_argument("--video", type=Path, default=None, help="video or image folder (default: ../shared/data/video)")
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--points", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_demo)
+
+
 def add_engine_args(p) -> None:
     p.add_argument("--method", choices=("kl", "rgb"), default="kl")
     p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
@@ -120,6 +129,13 @@ def _video(args) -> int:
                         total=args.max_frames)
     print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
           f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
+    return 0
+
+
+def _demo(args) -> int:
+    from kltrace_ros.ros.demo import run_demo
+
+    run_demo(args.video, args.frames, args.points, args.out, args.device)
     return 0
 
 
