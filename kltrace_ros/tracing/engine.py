@@ -215,6 +215,8 @@ class Engine:
         p = self.p
         shared = src_w.shape[0] == 1
         if self.cfg.method == "kl":
+            if shared and tgt_w.shape[0] == 1 and hasattr(p, "traced_kl"):
+                return p.traced_kl(src_w, traced, tgt_w, mask)   # the predictor shares work across variants
             clean = p.log_probs(src_w, tgt_w, mask)
             pert = p.log_probs(traced, tgt_w, mask, reference=src_w if shared else None)
             return kl_map(clean, pert)
