@@ -67,6 +67,24 @@ def register(sub) -> None:
     p.set_defaults(func=_demo)
 
 
+    p = sub.add_parser("bench", help="measure speed and memory: lras (transformer) or tracing (points/s)")
+    p.add_argument("what", choices=("lras", "tracing"))
+    p.add_argument("--size", choices=("tiny", "small", "1b", "7b"), default="tiny", help="lras: random model size")
+    p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
+    p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
+    p.add_argument("--batch", type=int, default=8, help="lras: continuations per extend")
+    p.add_argument("--points", type=int, default=64, help="tracing: query points per pair")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--masks", type=int, default=None)
+    p.add_argument("--scales", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("fetch-lras", help="what to download for the published LRAS, and verify placed files")
+    p.add_argument("--dest", type=Path, required=True)
+    p.set_defaults(func=lambda a: __import__("kltrace_ros.bench", fromlist=["x"]).fetch_lras(a.dest))
+
+
 def add_engine_args(p) -> None:
     p.add_argument("--method", choices=("kl", "rgb"), default="kl")
     p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
@@ -129,6 +147,21 @@ def _video(args) -> int:
                         total=args.max_frames)
     print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
           f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
+    return 0
+
+
+def _bench(args) -> int:
+    import json
+
+    from kltrace_ros import bench
+    from kltrace_ros.tracing.predictor import resolve_device
+
+    dev = str(resolve_device(args.device))
+    if args.what == "lras":
+        res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
+    else:
+        res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
+    print(json.dumps(res, indent=1))
     return 0
 
 

@@ -206,3 +206,28 @@ def test_layout_tokens_positions_and_raster():
     keep[3:6, 3:6] = True
     m2 = reveal_mask(8, 8, 0.9, torch.Generator().manual_seed(0), keep_hidden=keep)
     assert not (m2 & keep).any() and int(m2.sum()) == 55
+
+
+def test_fetch_lras_lists_sources_and_verifies_placed_files(tmp_path, capsys):
+    from kltrace_ros.bench import fetch_lras
+
+    assert fetch_lras(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "rgb_predictor/rgb_predictor.pt" in out and "[missing]" in out and "never downloads" in out
+    upstream_file(tmp_path / "rgb_predictor.pt", tiny_lras())
+    lpq = tiny_lpq()
+    torch.save({"cfg": {"config_class": "LPQConfig"}, "model": lpq.state_dict()}, tmp_path / "rgb_quantizer.pt")
+    assert fetch_lras(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert out.count("[ok]") == 2 and "2 layers x 32, 4 heads" in out
+    torch.save({"cfg": {**CFG, "n_layer": 3}, "model": tiny_lras().state_dict()}, tmp_path / "rgb_predictor.pt")
+    assert fetch_lras(tmp_path) == 1
+    assert "[bad]" in capsys.readouterr().out
+
+
+def test_bench_lras_reports_throughput_and_memory():
+    from kltrace_ros.bench import bench_lras
+
+    r = bench_lras("tiny", prefix=64, suffix=16, batch=2, repeats=1)
+    assert r["prefill_tokens_per_s"] > 0 and r["extend_tokens_per_s"] > 0 and r["peak_memory_MB"] > 0
+    assert r["params_M"] > 1
