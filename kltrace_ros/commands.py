@@ -85,6 +85,12 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: __import__("kltrace_ros.bench", fromlist=["x"]).fetch_lras(a.dest))
 
 
+    p = sub.add_parser("calibrate", help="set a model file's occlusion thresholds from synthetic occlusions")
+    p.add_argument("model", type=Path)
+    p.add_argument("--pairs", type=int, default=16)
+    p.set_defaults(func=_calibrate)
+
+
 def add_engine_args(p) -> None:
     p.add_argument("--method", choices=("kl", "rgb"), default="kl")
     p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
@@ -162,6 +168,16 @@ def _bench(args) -> int:
     else:
         res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
     print(json.dumps(res, indent=1))
+    return 0
+
+
+def _calibrate(args) -> int:
+    import json
+
+    from kltrace_ros.eval.calibrate import calibrate
+
+    print(json.dumps(calibrate(args.model, args.pairs), indent=1))
+    print(f"thresholds written into {args.model}")
     return 0
 
 

@@ -103,3 +103,14 @@ def test_dev_set_loads(shared_data):
     for p in pairs:
         q, t, vis = make_queries(p, 8)
         assert len(q) == 8 and p.frame1.shape == p.frame2.shape
+
+
+def test_occlusion_calibration_data_and_threshold():
+    from kltrace_ros.eval.calibrate import best_threshold, occlusion_pairs
+
+    (f1, f2, q, t, vis), = list(occlusion_pairs(1, n_queries=30, seed=3))
+    assert f1.shape == f2.shape == (240, 320, 3) and len(q) == 30
+    assert 0 < (~vis).sum() <= 12 and vis.sum() >= 18
+    conf = np.array([0.1, 0.2, 0.9, 1.5, 0.3])
+    thr, acc = best_threshold(conf, np.array([False, False, True, True, True]))
+    assert thr == pytest.approx(0.3) and acc == 1.0
