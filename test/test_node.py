@@ -250,3 +250,56 @@ def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
     finally:
         assert stop_node(proc) < 2.0
         h.close()
+
+
+def test_two_cameras_and_every_output(tmp_path, ros_env, big):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from visualization_msgs.msg import MarkerArray
+
+    from kltrace_ros.msg import FlowArray, TrackArray
+
+    proc = start_node(tmp_path, ros_env, {"inputs": ["cam_a", "cam_b"], "num_points": 8},
+                      args=["-r", "cam_a:=/front/image", "-r", "cam_b:=/rear/image"])
+    h = Harness(env_pid(ros_env), topic="/front/image", out_ns="/kltrace/cam_a")
+    from rclpy.qos import qos_profile_sensor_data
+
+    rear = h.node.create_publisher(Image, "/rear/image", qos_profile_sensor_data)
+    got = {k: [] for k in ("b_tracks", "flow", "heatmap", "overlay", "markers", "diag")}
+    n = h.node
+    n.create_subscription(TrackArray, "/kltrace/cam_b/tracks", got["b_tracks"].append, 10)
+    n.create_subscription(FlowArray, "/kltrace/cam_a/flow", got["flow"].append, 10)
+    n.create_subscription(Image, "/kltrace/cam_a/debug/heatmap", got["heatmap"].append, 10)
+    n.create_subscription(Image, "/kltrace/cam_a/debug/overlay", got["overlay"].append, 10)
+    n.create_subscription(MarkerArray, "/kltrace/cam_a/markers", got["markers"].append, 10)
+    n.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 10)
+    try:
+        assert h.wait_connected(60, proc) and h.wait_for(lambda: rear.get_subscription_count() > 0, 30, proc)
+        h.wait_for(lambda: n.count_publishers("/kltrace/cam_a/debug/heatmap") > 0, 10)
+        h.spin(1.0)
+        from kltrace_ros.ros.convert import encode_image, image_to_rgb
+
+        for i in range(3):
+            for pub, dx in ((h.pub, 2 * i), (rear, -2 * i)):
+                msg = encode_image(Image(), shifted(big, dx, 0), "rgb8")
+                msg.header.stamp.sec = 1000 + i
+                pub.publish(msg)
+            h.spin(0.6) if i == 0 else h.wait_for(
+                lambda: len(h.tracks) >= i and len(got["b_tracks"]) >= i and len(got["heatmap"]) >= i, 60, proc)
+        h.wait_for(lambda: got["diag"] and len(got["diag"][-1].status) == 2, 5)
+        assert len(h.tracks) == 2 and len(got["b_tracks"]) == 2
+        assert np.median([t.vx for t in h.tracks[-1].tracks if t.visible]) > 1.0
+        assert abs(np.median([t.vx for t in got["b_tracks"][-1].tracks if t.visible]) + 2.0) < 1.0
+        f = got["flow"][-1]
+        assert len(f.points) == len(f.displacements) == len(f.visible) == 8
+        assert abs(np.median([d.x for d in f.displacements]) - 2.0) < 1.0
+        hm = image_to_rgb(got["heatmap"][-1])
+        ov = image_to_rgb(got["overlay"][-1])
+        assert hm.shape == ov.shape == (160, 200, 3) and not np.array_equal(hm, shifted(big, 4, 0))
+        assert got["markers"][-1].markers[0].type == 8 and len(got["markers"][-1].markers[0].points) >= 4
+        names = {s.name for s in got["diag"][-1].status}
+        assert names == {"kltrace: cam_a", "kltrace: cam_b"}
+        keys = {kv.key for kv in got["diag"][-1].status[0].values}
+        assert {"input_rate_hz", "processed_rate_hz", "dropped", "latency_ms", "device", "model"} <= keys
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()

@@ -1,0 +1,46 @@
+"""Package files agree with each other: parameters in node, config and README; launch file; package.xml."""
+import pathlib
+import py_compile
+import xml.etree.ElementTree as ET
+
+import yaml
+
+from kltrace_ros.ros.node import PARAMETERS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_config_and_readme_document_every_parameter():
+    cfg = yaml.safe_load((ROOT / "config" / "kltrace.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(cfg) == set(PARAMETERS)
+    for k, v in cfg.items():
+        assert type(v) is type(PARAMETERS[k][0]) or (isinstance(v, list) and isinstance(PARAMETERS[k][0], list)), k
+    readme = (ROOT / "README.md").read_text()
+    for k in PARAMETERS:
+        assert f"| `{k}` |" in readme, f"README lacks parameter {k}"
+    assert "make demo" in readme and "make test" in readme
+
+
+def test_launch_file_compiles_and_takes_the_documented_arguments():
+    launch = ROOT / "launch" / "kltrace.launch.py"
+    py_compile.compile(str(launch), doraise=True)
+    text = launch.read_text()
+    for arg in ("image", "namespace", "params_file", "device"):
+        assert f'DeclareLaunchArgument("{arg}"' in text
+
+
+def test_package_xml_is_format3_with_interface_group():
+    root = ET.parse(ROOT / "package.xml").getroot()
+    assert root.get("format") == "3"
+    deps = {e.text for e in root if e.tag.endswith("depend")}
+    for d in ("rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "builtin_interfaces", "cv_bridge",
+              "python3-numpy", "python3-opencv", "rosidl_default_generators", "rosidl_default_runtime"):
+        assert d in deps, d
+    assert root.find("member_of_group").text == "rosidl_interface_packages"
+
+
+def test_core_does_not_import_rclpy():
+    for path in (ROOT / "kltrace_ros").rglob("*.py"):
+        if "ros" in path.relative_to(ROOT / "kltrace_ros").parts[:1]:
+            continue
+        assert "rclpy" not in path.read_text(), f"{path} imports ROS below ros/"
