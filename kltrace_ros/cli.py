@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:  # user errors: one clear line, no traceback
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # user errors: one clear line, no traceback
         print(f"kltrace {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -91,6 +91,17 @@ def register(sub) -> None:
     p.set_defaults(func=_calibrate)
 
 
+    p = sub.add_parser("bag", help="the node's job on a rosbag2 (mcap/sqlite3): writes tracks, flow and overlays")
+    p.add_argument("input", type=Path, help="bag folder or .mcap file")
+    p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--out", type=Path, required=True, help="output bag (new path; .mcap for MCAP storage)")
+    p.add_argument("--points", type=int, default=64)
+    p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
+    p.add_argument("--no-overlay", action="store_true")
+    add_engine_args(p)
+    p.set_defaults(func=_bag)
+
+
 def add_engine_args(p) -> None:
     p.add_argument("--method", choices=("kl", "rgb"), default="kl")
     p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
@@ -178,6 +189,17 @@ def _calibrate(args) -> int:
 
     print(json.dumps(calibrate(args.model, args.pairs), indent=1))
     print(f"thresholds written into {args.model}")
+    return 0
+
+
+def _bag(args) -> int:
+    from kltrace_ros.bag import process_bag
+    from kltrace_ros.tracking.pipeline import TrackingPipeline
+    from kltrace_ros.tracking.tracker import TrackerConfig
+
+    pipe = TrackingPipeline(make_engine(args), TrackerConfig(num_points=args.points, source=args.keypoints))
+    stats = process_bag(args.input, args.topic, args.out, pipe, overlay=not args.no_overlay)
+    print(f"wrote {args.out}: {stats}")
     return 0
 
 

@@ -1,0 +1,52 @@
+"""`kltrace bag`: images from an mcap bag in, the node's messages out (rosbags, no ROS needed)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+from rosbags.highlevel import AnyReader  # noqa: E402
+from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
+
+from kltrace_ros.bag import typestore  # noqa: E402
+from rosutil import shifted, textured  # noqa: E402
+
+
+def write_camera_bag(path, frames):
+    ts = typestore()
+    T = ts.types
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
+        for i, f in enumerate(frames):
+            t = 10**9 + i * 10**8
+            msg = T["sensor_msgs/msg/Image"](
+                header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=i * 10**8),
+                                                frame_id="cam"),
+                height=f.shape[0], width=f.shape[1], encoding="rgb8", is_bigendian=0, step=f.shape[1] * 3,
+                data=np.ascontiguousarray(f).reshape(-1))
+            w.write(c, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+def test_bag_in_tracks_out(tmp_path):
+    big = textured()
+    write_camera_bag(tmp_path / "in", [shifted(big, 2 * i, 0) for i in range(4)])
+    out = tmp_path / "out.mcap"
+    proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
+                           "/cam/image_raw", "--out", str(out), "--points", "12", "--masks", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ts = typestore()
+    seen = {}
+    with AnyReader([out], default_typestore=ts) as r:
+        for conn, t, raw in r.messages():
+            seen.setdefault(conn.topic, []).append(r.deserialize(raw, conn.msgtype))
+    assert {k: len(v) for k, v in seen.items()} == {"/kltrace/tracks": 3, "/kltrace/flow": 3,
+                                                   "/kltrace/debug/overlay": 3}
+    last = seen["/kltrace/tracks"][-1]
+    assert last.header.frame_id == "cam" and last.header.stamp.nanosec == 3 * 10**8
+    assert last.previous_stamp.nanosec == 2 * 10**8
+    assert abs(np.median([t.vx for t in last.tracks if t.visible]) - 2.0) < 1.0
+    again = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
+                            "/nope", "--out", str(tmp_path / "o2.mcap")], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "/cam/image_raw" in again.stderr
