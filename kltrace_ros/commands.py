@@ -59,7 +59,8 @@ def register(sub) -> None:
 
 
     p = sub.add_parser("demo", help="run the node on real footage fed by this process; overlay video + tracks")
-    p.add_argument("--video", type=Path, default=None, help="video or image folder (default: ../shared/data/video)")
+    p.add_argument("--video", type=Path, default=None, help="video or image folder (default: ../shared/data/video when present; "
+                   "'builtin': scikit-image's coffee photo with a simulated camera motion)")
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -88,6 +89,7 @@ def register(sub) -> None:
     p = sub.add_parser("calibrate", help="set a model file's occlusion thresholds from synthetic occlusions")
     p.add_argument("model", type=Path)
     p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--prior", type=float, default=0.05, help="occluded fraction to calibrate for")
     p.set_defaults(func=_calibrate)
 
 
@@ -187,7 +189,7 @@ def _calibrate(args) -> int:
 
     from kltrace_ros.eval.calibrate import calibrate
 
-    print(json.dumps(calibrate(args.model, args.pairs), indent=1))
+    print(json.dumps(calibrate(args.model, args.pairs, prior=args.prior), indent=1))
     print(f"thresholds written into {args.model}")
     return 0
 

@@ -114,3 +114,8 @@ def test_occlusion_calibration_data_and_threshold():
     conf = np.array([0.1, 0.2, 0.9, 1.5, 0.3])
     thr, acc = best_threshold(conf, np.array([False, False, True, True, True]))
     assert thr == pytest.approx(0.3) and acc == 1.0
+    # a rare-occlusion prior prefers calling an ambiguous point visible
+    conf2 = np.array([0.2, 0.3, 0.35, 1.0, 1.2])
+    vis2 = np.array([True, False, False, True, True])
+    assert best_threshold(conf2, vis2)[0] == pytest.approx(1.0)  # 4/5 right (0.0 gives 3/5)
+    assert best_threshold(conf2, vis2, prior=0.05)[0] == 0.0

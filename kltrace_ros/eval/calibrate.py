@@ -55,15 +55,22 @@ def occlusion_pairs(n_pairs: int = 16, n_queries: int = 48, seed: int = 0, size=
         yield f1, f2, q, t, vis
 
 
-def best_threshold(conf: np.ndarray, vis: np.ndarray) -> tuple[float, float]:
-    """(threshold, accuracy) maximising accuracy of ``conf >= threshold`` as visibility."""
-    cands = np.concatenate([[0.0], np.sort(conf)])
-    accs = [((conf >= c) == vis).mean() for c in cands]
+def best_threshold(conf: np.ndarray, vis: np.ndarray, prior: float | None = None) -> tuple[float, float]:
+    """(threshold, accuracy) maximising the accuracy of ``conf >= threshold`` as visibility.
+
+    ``prior``: reweight the classes as if this fraction of points were occluded (the synthetic
+    set over-represents occlusion; between consecutive real frames few points are occluded).
+    """
+    w = np.ones(len(vis))
+    if prior is not None and 0 < vis.mean() < 1:
+        w = np.where(vis, (1 - prior) / vis.mean(), prior / (1 - vis.mean()))
+    cands = np.concatenate([[0.0], np.sort(conf[conf > 0])])  # 0.0 = only out-of-view points are occluded
+    accs = [(w * ((conf >= c) == vis)).sum() / w.sum() for c in cands]
     i = int(np.argmax(accs))
     return float(cands[i]), float(accs[i])
 
 
-def calibrate(model_path: Path, n_pairs: int = 16, methods=("kl", "rgb")) -> dict:
+def calibrate(model_path: Path, n_pairs: int = 16, methods=("kl", "rgb"), prior: float = 0.05) -> dict:
     from kltrace_ros.lras.checkpoint import load_checkpoint, save_checkpoint
     from kltrace_ros.tracing.engine import Engine, TraceConfig
     from kltrace_ros.tracing.predictor import load_predictor
@@ -80,9 +87,10 @@ def calibrate(model_path: Path, n_pairs: int = 16, methods=("kl", "rgb")) -> dic
             confs.append(np.where(inside, r.confidence, -1.0))
             viss.append(vis)
         conf, vis = np.concatenate(confs), np.concatenate(viss)
-        thr, acc = best_threshold(conf, vis)
-        out[m] = {"threshold": thr, "accuracy": acc, "accuracy_all_visible": float(vis.mean()),
-                  "occluded_fraction": float(1 - vis.mean())}
+        thr, acc = best_threshold(conf, vis, prior)
+        out[m] = {"threshold": thr, "accuracy_at_prior": acc, "accuracy_all_visible_at_prior": 1 - prior,
+                  "raw_accuracy": float(((conf >= thr) == vis).mean()), "raw_all_visible": float(vis.mean()),
+                  "occluded_fraction": float(1 - vis.mean()), "prior": prior}
     cfg, state = load_checkpoint(model_path)
     cfg["occlusion_threshold"] = {m: r["threshold"] for m, r in out.items()}
     save_checkpoint(model_path, cfg, state)

@@ -42,7 +42,7 @@ def run_demo(video: Path | None, frames: int, points: int, out: Path, device: st
     from kltrace_ros.offline import read_frames
     from kltrace_ros.ros.convert import fill_image, image_to_rgb
 
-    source = video or next((p for p in FOOTAGE if p.exists()), None)
+    source = None if str(video) == "builtin" else video or next((p for p in FOOTAGE if p.exists()), None)
     seq = list(read_frames(source, frames, 640) if source else builtin_sequence(frames))
     label = str(source) if source else "scikit-image coffee.png with a simulated camera motion"
     out.mkdir(parents=True, exist_ok=True)
