@@ -32,7 +32,7 @@ def typestore():
     return ts
 
 
-def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True) -> dict:
+def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None) -> dict:
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -87,8 +87,11 @@ def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True
                                    for a, b in zip(res.starts, res.ends)],
                     visible=np.asarray(res.visible, bool), confidence=np.asarray(res.confidence, np.float32))
                 writer.write(c_fl, t, ts.serialize_cdr(flow, "kltrace_ros/msg/FlowArray"))
-                if overlay:
+                if overlay or view is not None:
                     img = draw_tracks(rgb, res.tracks, history)
+                    if view is not None:
+                        view.show("overlay", img, msg.header.frame_id)
+                if overlay:
                     out = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1],
                                                      encoding="rgb8", is_bigendian=0, step=img.shape[1] * 3,
                                                      data=np.ascontiguousarray(img).reshape(-1))

@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-side", type=int, default=640, help="downscale frames whose longest side is larger")
+    p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
+                   help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
     add_engine_args(p)
     p.set_defaults(func=_video)
 
@@ -100,6 +102,8 @@ def register(sub) -> None:
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
     p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
+                   help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
     add_engine_args(p)
     p.set_defaults(func=_bag)
 
@@ -115,6 +119,16 @@ def add_engine_args(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
 
 
+def make_view(args):
+    if getattr(args, "foxglove", None) is None:
+        return None
+    from kltrace_ros.foxglove_view import FoxgloveView
+
+    view = FoxgloveView(args.foxglove)
+    print(f"Foxglove live view: open ws://127.0.0.1:{view.port} in Foxglove")
+    return view
+
+
 def make_engine(args, method=None):
     from kltrace_ros.tracing.engine import Engine, TraceConfig
     from kltrace_ros.tracing.predictor import load_predictor, resolve_device
@@ -124,7 +138,7 @@ def make_engine(args, method=None):
     if thr is None:
         thr = getattr(pred, "occlusion_threshold", {}).get(method or args.method, 0.0)
     return Engine(pred, TraceConfig(method=method or args.method, masks=args.masks, scales=args.scales,
-                                    occlusion_threshold=thr))
+                                    occlusion_threshold=thr, keep_maps=getattr(args, "foxglove", None) is not None))
 
 
 def _track_pair(args) -> int:
@@ -162,8 +176,13 @@ def _video(args) -> int:
     from kltrace_ros.tracking.tracker import TrackerConfig
 
     pipe = TrackingPipeline(make_engine(args), TrackerConfig(num_points=args.points, source=args.keypoints))
-    stats = track_video(pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
-                        total=args.max_frames)
+    view = make_view(args)
+    try:
+        stats = track_video(pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
+                            total=args.max_frames, view=view)
+    finally:
+        if view is not None:
+            view.close()
     print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
           f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
     return 0
@@ -200,7 +219,12 @@ def _bag(args) -> int:
     from kltrace_ros.tracking.tracker import TrackerConfig
 
     pipe = TrackingPipeline(make_engine(args), TrackerConfig(num_points=args.points, source=args.keypoints))
-    stats = process_bag(args.input, args.topic, args.out, pipe, overlay=not args.no_overlay)
+    view = make_view(args)
+    try:
+        stats = process_bag(args.input, args.topic, args.out, pipe, overlay=not args.no_overlay, view=view)
+    finally:
+        if view is not None:
+            view.close()
     print(f"wrote {args.out}: {stats}")
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kltrace_ros.tracking.pipeline import TrackingPipeline
-from kltrace_ros.viz import draw_tracks
+from kltrace_ros.viz import draw_tracks, heatmap_image
 
 
 def read_frames(path: Path, max_frames: int | None = None, max_side: int | None = None):
@@ -41,8 +41,10 @@ def read_frames(path: Path, max_frames: int | None = None, max_side: int | None 
 
 
 def track_video(pipeline: TrackingPipeline, frames, out_video: Path | None, out_tracks: Path | None,
-                fps: float = 10.0, total: int | None = None) -> dict:
-    """Track through ``frames``; write an overlay video (mp4) and a JSON list of per-frame tracks."""
+                fps: float = 10.0, total: int | None = None, view=None) -> dict:
+    """Track through ``frames``; write an overlay video (mp4) and a JSON list of per-frame tracks.
+
+    ``view``: an optional FoxgloveView that shows the overlay and KL heatmaps live."""
     writer = None
     history: dict = {}
     records, seconds, prev = [], [], None
@@ -54,6 +56,10 @@ def track_video(pipeline: TrackingPipeline, frames, out_video: Path | None, out_
                 {"id": t.id, "x": t.x, "y": t.y, "vx": t.vx, "vy": t.vy, "visible": t.visible,
                  "confidence": t.confidence, "age": t.age} for t in res.tracks]})
             overlay = draw_tracks(frame, res.tracks, history)
+            if view is not None:
+                view.show("overlay", overlay)
+                if res.maps:
+                    view.show("heatmap", heatmap_image(frame, res.maps[:4]))
         else:
             overlay = frame
         if out_video is not None:

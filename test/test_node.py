@@ -258,7 +258,12 @@ def test_two_cameras_and_every_output(tmp_path, ros_env, big):
 
     from kltrace_ros.msg import FlowArray, TrackArray
 
-    proc = start_node(tmp_path, ros_env, {"inputs": ["cam_a", "cam_b"], "num_points": 8},
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fox_port = probe.getsockname()[1]
+    proc = start_node(tmp_path, ros_env, {"inputs": ["cam_a", "cam_b"], "num_points": 8, "foxglove_port": fox_port},
                       args=["-r", "cam_a:=/front/image", "-r", "cam_b:=/rear/image"])
     h = Harness(env_pid(ros_env), topic="/front/image", out_ns="/kltrace/cam_a")
     from rclpy.qos import qos_profile_sensor_data
@@ -300,6 +305,8 @@ def test_two_cameras_and_every_output(tmp_path, ros_env, big):
         assert names == {"kltrace: cam_a", "kltrace: cam_b"}
         keys = {kv.key for kv in got["diag"][-1].status[0].values}
         assert {"input_rate_hz", "processed_rate_hz", "dropped", "latency_ms", "device", "model"} <= keys
+        socket.create_connection(("127.0.0.1", fox_port), timeout=5).close()  # the Foxglove live view is up
+        assert f"Foxglove live view on ws://127.0.0.1:{fox_port}" in node_log(proc)
     finally:
         assert stop_node(proc) < 2.0
         h.close()

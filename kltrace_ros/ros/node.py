@@ -46,6 +46,7 @@ PARAMETERS = {
     "occlusion_threshold": (-1.0, "peak score below which a point is occluded (-1 = the model's calibration)", True),
     "heatmap_points": (4, "how many tracks' KL maps ~/debug/heatmap shows", True),
     "marker_scale": (0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True),
+    "foxglove_port": (0, "serve overlay and heatmap to Foxglove on ws://127.0.0.1:PORT (0 = off)", False),
 }
 LIVE_CHECKS = {
     "frame_gap": lambda v: isinstance(v, int) and 1 <= v <= 100 or "frame_gap must be an integer in [1, 100]",
@@ -95,9 +96,17 @@ class KLTraceNode(Node):
                 raise ValueError(f"parameter {name}={p[name]!r}: {ok}")
         if p["keypoints"] not in ("grid", "features", "topic"):
             raise ValueError(f"parameter keypoints={p['keypoints']!r}: use grid, features or topic")
+        if not 0 <= p["foxglove_port"] <= 65535:
+            raise ValueError(f"parameter foxglove_port={p['foxglove_port']}: use 0 (off) or a TCP port")
         if p["qos"] not in ("sensor_data", "reliable"):
             raise ValueError(f"parameter qos={p['qos']!r}: use sensor_data or reliable")
         self.engine, self.device = self._load_engine(p)
+        self.view = None
+        if p["foxglove_port"] > 0:
+            from kltrace_ros.foxglove_view import FoxgloveView
+
+            self.view = FoxgloveView(p["foxglove_port"])
+            self.get_logger().info(f"Foxglove live view on ws://127.0.0.1:{self.view.port}")
         self.add_on_set_parameters_callback(self._on_parameters)
         self.wake = threading.Event()
         self._errors: dict = {}
@@ -288,12 +297,19 @@ class KLTraceNode(Node):
         s.pubs["flow"].publish(flow)
         from kltrace_ros.viz import draw_tracks, heatmap_image
 
-        if s.pubs["overlay"].get_subscription_count() > 0:
-            img = fill_image(Image(header=header), draw_tracks(rgb, res.tracks, s.history))
-            s.pubs["overlay"].publish(img)
+        if s.pubs["overlay"].get_subscription_count() > 0 or self.view is not None:
+            overlay = draw_tracks(rgb, res.tracks, s.history)
+            if s.pubs["overlay"].get_subscription_count() > 0:
+                s.pubs["overlay"].publish(fill_image(Image(header=header), overlay))
+            if self.view is not None:
+                self.view.show("overlay", overlay, header.frame_id)
         n_maps = self.params["heatmap_points"]
-        if s.pubs["heatmap"].get_subscription_count() > 0 and res.maps and n_maps > 0:
-            s.pubs["heatmap"].publish(fill_image(Image(header=header), heatmap_image(rgb, res.maps[:n_maps])))
+        if (s.pubs["heatmap"].get_subscription_count() > 0 or self.view is not None) and res.maps and n_maps > 0:
+            heat = heatmap_image(rgb, res.maps[:n_maps])
+            if s.pubs["heatmap"].get_subscription_count() > 0:
+                s.pubs["heatmap"].publish(fill_image(Image(header=header), heat))
+            if self.view is not None:
+                self.view.show("heatmap", heat, header.frame_id)
         if s.pubs["markers"].get_subscription_count() > 0:
             s.pubs["markers"].publish(self._markers(header, res.tracks))
 
@@ -333,6 +349,8 @@ class KLTraceNode(Node):
         self.stopping.set()
         self.wake.set()
         self.worker.join(timeout=1.0)
+        if self.view is not None:
+            self.view.close()
 
 
 def main(argv=None) -> int:
