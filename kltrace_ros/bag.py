@@ -60,8 +60,8 @@ def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True
             for conn, t, raw in tqdm(reader.messages(connections=conns), total=total, desc="bag", unit="frame"):
                 msg = reader.deserialize(raw, conn.msgtype)
                 try:
-                    view = SimpleNamespace(**{k: getattr(msg, k) for k in msg.__dataclass_fields__})
-                    rgb = compressed_to_rgb(view) if "Compressed" in conn.msgtype else image_to_rgb(view)
+                    fields = SimpleNamespace(**{k: getattr(msg, k) for k in msg.__dataclass_fields__})
+                    rgb = compressed_to_rgb(fields) if "Compressed" in conn.msgtype else image_to_rgb(fields)
                 except ValueError as err:
                     stats["errors"] += 1
                     print(f"frame at {t}: skipped: {err}")

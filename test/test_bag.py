@@ -33,7 +33,7 @@ def test_bag_in_tracks_out(tmp_path):
     write_camera_bag(tmp_path / "in", [shifted(big, 2 * i, 0) for i in range(4)])
     out = tmp_path / "out.mcap"
     proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
-                           "/cam/image_raw", "--out", str(out), "--points", "12", "--masks", "2"],
+                           "/cam/image_raw", "--out", str(out), "--points", "12", "--masks", "2", "--foxglove", "0"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ts = typestore()
