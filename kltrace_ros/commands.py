@@ -170,19 +170,26 @@ def _eval(args) -> int:
     return 0
 
 
-def _video(args) -> int:
-    from kltrace_ros.offline import read_frames, track_video
+def run_offline(args, job):
+    """The node's job offline: ``job(pipeline, view)`` with a tracking pipeline and an optional Foxglove view."""
     from kltrace_ros.tracking.pipeline import TrackingPipeline
     from kltrace_ros.tracking.tracker import TrackerConfig
 
     pipe = TrackingPipeline(make_engine(args), TrackerConfig(num_points=args.points, source=args.keypoints))
     view = make_view(args)
     try:
-        stats = track_video(pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
-                            total=args.max_frames, view=view)
+        return job(pipe, view)
     finally:
         if view is not None:
             view.close()
+
+
+def _video(args) -> int:
+    from kltrace_ros.offline import read_frames, track_video
+
+    stats = run_offline(args, lambda pipe, view: track_video(
+        pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
+        total=args.max_frames, view=view))
     print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
           f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
     return 0
@@ -215,16 +222,9 @@ def _calibrate(args) -> int:
 
 def _bag(args) -> int:
     from kltrace_ros.bag import process_bag
-    from kltrace_ros.tracking.pipeline import TrackingPipeline
-    from kltrace_ros.tracking.tracker import TrackerConfig
 
-    pipe = TrackingPipeline(make_engine(args), TrackerConfig(num_points=args.points, source=args.keypoints))
-    view = make_view(args)
-    try:
-        stats = process_bag(args.input, args.topic, args.out, pipe, overlay=not args.no_overlay, view=view)
-    finally:
-        if view is not None:
-            view.close()
+    stats = run_offline(args, lambda pipe, view: process_bag(args.input, args.topic, args.out, pipe,
+                                                             overlay=not args.no_overlay, view=view))
     print(f"wrote {args.out}: {stats}")
     return 0
 
