@@ -68,7 +68,7 @@ class AnalyticShiftPredictor:
         moved = F.grid_sample(sources, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return moved
 
-    def log_probs(self, sources, targets, reveal, reference=None):
+    def log_probs(self, sources, targets, reveal):
         moved = self._predict(sources, targets)
         mean = F.avg_pool2d(moved.mean(1, keepdim=True), self.patch).flatten(1)          # B,N in [0,1]
         lv = torch.arange(self.levels, dtype=torch.float32) / (self.levels - 1)

@@ -218,7 +218,7 @@ class Engine:
             if shared and tgt_w.shape[0] == 1 and hasattr(p, "traced_kl"):
                 return p.traced_kl(src_w, traced, tgt_w, mask)   # the predictor shares work across variants
             clean = p.log_probs(src_w, tgt_w, mask)
-            pert = p.log_probs(traced, tgt_w, mask, reference=src_w if shared else None)
+            pert = p.log_probs(traced, tgt_w, mask)
             return kl_map(clean, pert)
         clean = p.predict_rgb(src_w, tgt_w, mask)
         pert = p.predict_rgb(traced, tgt_w, mask)

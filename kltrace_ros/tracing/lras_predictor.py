@@ -17,7 +17,7 @@ import torch
 
 from kltrace_ros.lras.lpq import LPQ
 from kltrace_ros.lras.model import LRAS
-from kltrace_ros.lras.sequence import Layout
+from kltrace_ros.lras.sequence import Layout, split_mask
 
 
 @dataclass
@@ -59,11 +59,8 @@ class LRASPredictor:
     # ------------------------------------------------------------ orders
     def _orders(self, reveal: torch.Tensor):
         g = torch.Generator().manual_seed(self.seed)
-        n = self.layout.n_patches
-        src_perm = torch.randperm(n, generator=g)
-        tgt_perm = torch.randperm(n, generator=g)
-        flat = reveal.flatten().cpu()
-        revealed, hidden = tgt_perm[flat[tgt_perm]], tgt_perm[~flat[tgt_perm]]
+        src_perm = torch.randperm(self.layout.n_patches, generator=g)
+        revealed, hidden = split_mask(reveal.cpu(), g)
         return src_perm, revealed, hidden
 
     def _hidden_logits(self, tokens, positions, n_hidden):
@@ -86,7 +83,7 @@ class LRASPredictor:
         return torch.cat(out)
 
     @torch.no_grad()
-    def log_probs(self, sources, targets, reveal, reference=None):
+    def log_probs(self, sources, targets, reveal):
         src = self.lpq.encode(sources.to(self.device))
         tgt = self.lpq.encode(targets.to(self.device))
         if tgt.shape[0] != 1 and tgt.shape[0] != src.shape[0]:

@@ -27,14 +27,11 @@ class Predictor(Protocol):
     device: torch.device
     name: str
 
-    def log_probs(self, sources: torch.Tensor, targets: torch.Tensor, reveal: torch.Tensor,
-                  reference: torch.Tensor | None = None) -> torch.Tensor:
+    def log_probs(self, sources: torch.Tensor, targets: torch.Tensor, reveal: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, M, V) over codes of the M hidden patches (raster order).
 
         sources: (B,3,w,w) RGB in [0,1]; targets: (B,3,w,w) or (1,3,w,w) (shared);
-        reveal: (w/patch, w/patch) bool, True = revealed. ``reference`` optionally names the
-        clean source the variants were derived from (1,3,w,w): a predictor may use it to share
-        computation, the result must not depend on it.
+        reveal: (w/patch, w/patch) bool, True = revealed.
         """
         ...
 
@@ -73,7 +70,7 @@ class MotionPredictor:
         return codes
 
     @torch.no_grad()
-    def log_probs(self, sources, targets, reveal, reference=None):
+    def log_probs(self, sources, targets, reveal):
         src = self._encode(sources)
         tgt = self._encode(targets)
         reveal = reveal.to(self.device)
