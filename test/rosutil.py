@@ -1,7 +1,6 @@
 """Helpers for tests that run kltrace_node as a real process and talk to it over DDS."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -120,8 +119,9 @@ class Harness:
         rclpy.shutdown(context=self.ctx)
 
 
-def textured(h=160, w=200, seed=0):
-    """A real textured RGB image (scikit-image's astronaut) of size (h, w)."""
+def textured(h=160, w=200):
+    """A real textured RGB image (scikit-image's astronaut), 32 px larger than (h, w) on every side,
+    so that :func:`shifted` can cut (h, w) windows moved by up to 32 px."""
     import cv2
     from skimage import data
 
@@ -135,8 +135,5 @@ def shifted(big, dx, dy, h=160, w=200):
     return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
 
 
-def env_pid(env):
+def domain_id(env):
     return int(env["ROS_DOMAIN_ID"])
-
-
-__all__ = ["start_node", "stop_node", "Harness", "textured", "shifted", "node_log", "env_pid", "os"]

@@ -13,7 +13,7 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rosutil import Harness, env_pid, node_log, shifted, start_node, stop_node, textured  # noqa: E402
+from rosutil import Harness, domain_id, node_log, shifted, start_node, stop_node, textured  # noqa: E402
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def wait_log(proc, text, timeout=20.0):
 
 def test_tracks_follow_a_translating_image(tmp_path, ros_env, big):
     proc = start_node(tmp_path, ros_env, {"num_points": 24, "masks": 2, "scales": 2})
-    h = Harness(env_pid(ros_env))
+    h = Harness(domain_id(ros_env))
     try:
         assert h.wait_connected(60, proc), node_log(proc)
         stamps = []
@@ -78,7 +78,7 @@ def test_tracks_follow_a_translating_image(tmp_path, ros_env, big):
 
 def test_encodings_and_bad_input_keep_the_node_running(tmp_path, ros_env, big):
     proc = start_node(tmp_path, ros_env)
-    h = Harness(env_pid(ros_env))
+    h = Harness(domain_id(ros_env))
     try:
         assert h.wait_connected(60, proc), node_log(proc)
         h.publish(shifted(big, 0, 0))
@@ -115,7 +115,7 @@ def test_encodings_and_bad_input_keep_the_node_running(tmp_path, ros_env, big):
 
 def test_compressed_input(tmp_path, ros_env, big):
     proc = start_node(tmp_path, ros_env, {"compressed": True}, args=["-r", "image/compressed:=/test_cam/image_raw/compressed"])
-    h = Harness(env_pid(ros_env), compressed=True)
+    h = Harness(domain_id(ros_env), compressed=True)
     try:
         assert h.wait_connected(60, proc), node_log(proc)
         for i in range(3):
@@ -134,7 +134,7 @@ def test_compressed_input(tmp_path, ros_env, big):
 
 def test_resets_reseeding_and_live_parameters(tmp_path, ros_env, big):
     proc = start_node(tmp_path, ros_env, {"num_points": 12})
-    h = Harness(env_pid(ros_env))
+    h = Harness(domain_id(ros_env))
     try:
         assert h.wait_connected(60, proc), node_log(proc)
         feed(h, proc, [shifted(big, 0, 0), shifted(big, 1, 0)], prime=True)
@@ -217,7 +217,7 @@ def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
     """30 Hz camera, slower inference, 60 s: frames are dropped and counted; memory and latency stay flat."""
     duration = float(os.environ.get("KLTRACE_SOAK_S", "60"))
     proc = start_node(tmp_path, ros_env, {"num_points": 32, "masks": 2, "scales": 2})
-    h = Harness(env_pid(ros_env))
+    h = Harness(domain_id(ros_env))
     from diagnostic_msgs.msg import DiagnosticArray
 
     diags = []
@@ -269,7 +269,7 @@ def test_two_cameras_and_every_output(tmp_path, ros_env, big):
         fox_port = probe.getsockname()[1]
     proc = start_node(tmp_path, ros_env, {"inputs": ["cam_a", "cam_b"], "num_points": 8, "foxglove_port": fox_port},
                       args=["-r", "cam_a:=/front/image", "-r", "cam_b:=/rear/image"])
-    h = Harness(env_pid(ros_env), topic="/front/image", out_ns="/kltrace/cam_a")
+    h = Harness(domain_id(ros_env), topic="/front/image", out_ns="/kltrace/cam_a")
     from rclpy.qos import qos_profile_sensor_data
 
     rear = h.node.create_publisher(Image, "/rear/image", qos_profile_sensor_data)

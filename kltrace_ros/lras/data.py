@@ -31,7 +31,6 @@ DEBIAN_PACKAGES = ["opencv-doc", "python3-imageio"]
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 OPENCV_VIDEOS = ["vtest.avi", "Megamind.avi"]
 IMAGEIO_VIDEOS = ["usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"]
-DEMO_FOOTAGE = {"tree.avi", "cockatoo.mp4"}
 
 
 def skimage_images() -> list[np.ndarray]:

@@ -76,6 +76,7 @@ class MotionLRAS(nn.Module):
         self.register_buffer("offsets", torch.stack([dx.flatten(), dy.flatten()], -1), persistent=False)
         gy, gx = torch.meshgrid(torch.arange(self.grid + 0.0), torch.arange(self.grid + 0.0), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)
+        self.register_buffer("cell_d2", torch.cdist(self.cell_xy, self.cell_xy).pow(2), persistent=False)
 
     @torch.no_grad()
     def init_embedding_from_codebook(self, seed: int = 0) -> None:
@@ -112,8 +113,7 @@ class MotionLRAS(nn.Module):
         attn = corr.masked_fill(~valid, float("-inf")).softmax(1)                # B,P,N
         # every cell collects the offset distributions of the revealed cells around it
         # (a vote: robust where single-cell matches are ambiguous) ...
-        d2 = torch.cdist(self.cell_xy, self.cell_xy).pow(2)
-        kern = torch.exp(-d2 / (2 * self.log_sigma.exp() ** 2))                 # N(to),N(from)
+        kern = torch.exp(-self.cell_d2 / (2 * self.log_sigma.exp() ** 2))                 # N(to),N(from)
         rev = reveal.reshape(-1, 1, g * g).to(attn.dtype)                        # 1|B,1,N
         votes = torch.einsum("bpn,mn->bpm", attn * rev, kern)
         votes = votes / (torch.einsum("bpn,mn->bpm", rev, kern) + 1e-6)           # B,P,M

@@ -27,6 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from kltrace_ros.msg import FlowArray, Track, TrackArray
 from kltrace_ros.ros.convert import ImageError, compressed_to_rgb, fill_image, image_to_rgb
+from kltrace_ros.viz import draw_tracks, heatmap_image
 
 # name: (default, description, live) -- every parameter, declared in one place
 PARAMETERS = {
@@ -155,15 +156,17 @@ class KLTraceNode(Node):
         if p["device"] == "cuda" and device.type == "cpu":
             self.get_logger().warning("device 'cuda' requested but CUDA is not available: running on the CPU")
         pred = load_predictor(p["model_path"] or None, device, p["quantizer_path"] or None)
-        return Engine(pred, TraceConfig()), device
+        engine = Engine(pred)
+        engine.cfg = self._trace_config(engine)
+        return engine, device
 
-    def _trace_config(self):
+    def _trace_config(self, engine=None):
         from kltrace_ros.tracing.engine import TraceConfig
 
         p = self.params
         thr = p["occlusion_threshold"]
         if thr < 0:
-            thr = getattr(self.engine.p, "occlusion_threshold", {}).get("kl", 0.0)
+            thr = getattr((engine or self.engine).p, "occlusion_threshold", {}).get("kl", 0.0)
         return TraceConfig(masks=p["masks"] or None, scales=p["scales"] or None, occlusion_threshold=thr,
                            keep_maps=True)
 
@@ -172,7 +175,6 @@ class KLTraceNode(Node):
         from kltrace_ros.tracking.tracker import TrackerConfig
 
         p = self.params
-        self.engine.cfg = self._trace_config()
         return TrackingPipeline(self.engine, TrackerConfig(num_points=p["num_points"], source=p["keypoints"],
                                                            max_occluded_frames=p["max_occluded_frames"]))
 
@@ -295,8 +297,6 @@ class KLTraceNode(Node):
         flow.visible = [bool(v) for v in res.visible]
         flow.confidence = [float(c) for c in res.confidence]
         s.pubs["flow"].publish(flow)
-        from kltrace_ros.viz import draw_tracks, heatmap_image
-
         if s.pubs["overlay"].get_subscription_count() > 0 or self.view is not None:
             overlay = draw_tracks(rgb, res.tracks, s.history)
             if s.pubs["overlay"].get_subscription_count() > 0:

@@ -178,18 +178,16 @@ class Engine:
             src_w = self._windows(img1, src_c[:1] if whole else src_c, crop_k)
             tgt_w = self._windows(img2, tgt_c[:1] if whole else tgt_c, crop_k)
             q_win = (qw - src_c) * scale + w / 2                      # query in source-window px
-            e_win = (est - tgt_c) * scale + w / 2                     # estimate in target-window px
             traced = add_tracer(src_w.expand(n, -1, -1, -1), q_win, p.tracer_sigma)
-            keep = None
-            if not whole or k > 0:
+            keep = None  # patches kept hidden: the estimate sits at the target-window centre for every point
+            if not whole:
                 keep = torch.zeros(g, g, dtype=torch.bool)
-                if not whole:  # the estimate sits at the target-window centre for every point
-                    c0, r = g // 2, cfg.hide_radius
-                    keep[c0 - r - 1:c0 + r + 1, c0 - r - 1:c0 + r + 1] = True
+                c0, r = g // 2, cfg.hide_radius
+                keep[c0 - r - 1:c0 + r + 1, c0 - r - 1:c0 + r + 1] = True
             total = torch.zeros(n, g * g)
             count = torch.zeros(1, g * g)
             for _ in range(cfg.masks or getattr(p, "masks", 1)):
-                mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep if not whole else None)
+                mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
                 hidden = ~mask.flatten()
                 total[:, hidden] += self._map(src_w, traced, tgt_w, mask).cpu()
                 count[:, hidden] += 1
@@ -202,8 +200,7 @@ class Engine:
                 inside[lo:g - lo, lo:g - lo] = True
                 search = torch.where(inside, d, torch.zeros_like(d))
             pos, peak = refine_peak(search)
-            new_est = (pos * patch - w / 2) / scale + tgt_c
-            est = new_est
+            est = (pos * patch - w / 2) / scale + tgt_c
             if self.cfg.keep_maps:
                 box = torch.cat([tgt_c - crop_k / 2, tgt_c + crop_k / 2], 1).numpy()
                 maps = [(d[i].numpy(), box[i]) for i in range(n)]

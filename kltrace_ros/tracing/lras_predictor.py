@@ -63,9 +63,13 @@ class LRASPredictor:
         revealed, hidden = split_mask(reveal.cpu(), g)
         return src_perm, revealed, hidden
 
+    def _autocast(self):
+        """bf16 matmuls when the weights are bf16 (as upstream runs the 7B), a no-op in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.lras.lm_head.weight.dtype == torch.bfloat16)
+
     def _hidden_logits(self, tokens, positions, n_hidden):
-        dt = self.lras.lm_head.weight.dtype
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
+        with self._autocast():
             return self.lras(tokens, positions, logits_for=slice(tokens.shape[1] - n_hidden, None)).float()
 
     def _sequence(self, src, tgt, order, revealed, hidden):
@@ -118,11 +122,10 @@ class LRASPredictor:
         cache = self.lras.prefill(tok[:, :split], pos[:split])
         self.tokens["cached"] += split
         out = []
-        dt = self.lras.lm_head.weight.dtype
         for i in range(0, allsrc.shape[0], self.extend_batch):
             t, _, _ = self._sequence(allsrc[i:i + self.extend_batch], tgt, order, revealed, hidden)
             self.tokens["cached"] += t[:, split:].numel()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
+            with self._autocast():
                 logits = self.lras.extend(cache, t[:, split:], pos[split:],
                                           logits_for=slice(t.shape[1] - split - len(hidden), None)).float()
             out.append(logits[:, raster])

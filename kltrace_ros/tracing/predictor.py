@@ -78,12 +78,11 @@ class MotionPredictor:
 
     @torch.no_grad()
     def predict_rgb(self, sources, targets, reveal):
-        tok = self.model.tokenizer
-        src = tok.encode(sources.to(self.device))
-        tgt = tok.encode(targets.to(self.device)).expand(src.shape[0], -1, -1)
+        src = self._encode(sources)
+        tgt = self._encode(targets).expand(src.shape[0], -1, -1)
         reveal = reveal.to(self.device)
         pred = self.model(src, tgt, reveal).argmax(-1).view_as(src)
-        return tok.decode(torch.where(reveal, tgt, pred))
+        return self.model.tokenizer.decode(torch.where(reveal, tgt, pred))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
