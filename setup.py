@@ -1,8 +1,15 @@
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The version is written once, in package.xml (what ROS tooling reads); the package reports it
+# through importlib.metadata.
+VERSION = ET.parse(Path(__file__).with_name("package.xml")).getroot().findtext("version")
 
 setup(
     name="kltrace_ros",
-    version="0.1.0",
+    version=VERSION,
     description="Zero-shot optical flow and point tracks for ROS 2 (KL-tracing on LRAS)",
     license="Apache-2.0",
     python_requires=">=3.10",
@@ -14,8 +21,9 @@ setup(
         ("share/kltrace_ros/launch", ["launch/kltrace.launch.py"]),
         ("share/kltrace_ros/config", ["config/kltrace.yaml"]),
     ],
-    # torch is a documented pip dependency (CPU: torch==2.13.0; see README).
-    install_requires=["numpy", "opencv-python-headless", "tqdm", "torch"],
+    # torch is a documented pip dependency (CPU: torch==2.13.0; see README). Exact pins: requirements.txt.
+    install_requires=["numpy<2.3", "opencv-python-headless<5", "cv-bridge", "tqdm", "torch", "scikit-image",
+                      "matplotlib", "rosbags", "foxglove-sdk"],
     entry_points={
         "console_scripts": [
             "kltrace = kltrace_ros.cli:main",

@@ -12,7 +12,20 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from kltrace_ros.msg import TrackArray
-from kltrace_ros.ros.convert import encode_image
+from kltrace_ros.io.image_msgs import ENCODINGS
+
+
+def encode_image(msg, array: np.ndarray, encoding: str):
+    """Fill ``msg`` (sensor_msgs/Image) with ``array`` in ``encoding``: the test camera's side, for every
+    encoding the node takes (cv_bridge's cv2_to_imgmsg refuses 16UC1)."""
+    ch, bpc = ENCODINGS[encoding.lower()]
+    a = np.ascontiguousarray(array)
+    msg.height, msg.width = a.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = a.shape[1] * ch * bpc
+    msg.data = a.astype("<u2" if bpc == 2 else np.uint8).tobytes()
+    return msg
 
 
 def start_node(tmp_path, env, params: dict | None = None, args: list | None = None, name: str = "kltrace"):
@@ -60,14 +73,15 @@ def stop_node(proc, timeout=5.0) -> float:
 class Harness:
     """A test-side node: publishes images like a camera and collects the node's outputs."""
 
-    def __init__(self, domain_id: int, topic="/test_cam/image_raw", out_ns="/kltrace", compressed=False):
+    def __init__(self, domain_id: int, topic="/test_cam/image_raw", out_ns="/kltrace", compressed=False,
+                 qos=qos_profile_sensor_data):
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=domain_id)
         self.node = rclpy.create_node("kltrace_test_harness", context=self.ctx)
         from sensor_msgs.msg import CompressedImage
 
         self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
-                                              topic + ("/compressed" if compressed else ""), qos_profile_sensor_data)
+                                              topic + ("/compressed" if compressed else ""), qos)
         self.tracks: list = []
         self.tracks_topic = out_ns + "/tracks"
         self.node.create_subscription(TrackArray, self.tracks_topic, self.tracks.append, 50)

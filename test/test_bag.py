@@ -9,7 +9,7 @@ pytest.importorskip("rosbags")
 from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 
-from kltrace_ros.bag import typestore  # noqa: E402
+from kltrace_ros.io.bag import typestore  # noqa: E402
 from rosutil import shifted, textured  # noqa: E402
 
 

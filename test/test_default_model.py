@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from kltrace_ros.lras.checkpoint import load_checkpoint
+from kltrace_ros.models.checkpoint import load_checkpoint
 from kltrace_ros.tracing.engine import Engine, TraceConfig
-from kltrace_ros.tracing.predictor import MotionPredictor, default_model_path, load_predictor
+from kltrace_ros.models.motion.predictor import MotionPredictor
+from kltrace_ros.models.registry import default_model_path, load_predictor
 
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")

@@ -89,6 +89,9 @@ def test_eval_command_writes_results_and_pictures(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert set(res["overall"]) == {"kl", "zero", "lk"}
     assert res["overall"]["lk"]["EPE"] < res["overall"]["zero"]["EPE"]
+    # KL-tracing with the embedded model follows the (3, -2) px shift: far better than not moving
+    assert res["overall"]["kl"]["EPE"] < 0.5 * res["overall"]["zero"]["EPE"], res["overall"]
+    assert res["overall"]["kl"]["delta_avg"] > res["overall"]["zero"]["delta_avg"] + 20, res["overall"]
     assert "| kl |" in proc.stdout
     for png in ("summary.png", "pairs.png"):
         assert (out / png).stat().st_size > 1000

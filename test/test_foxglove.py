@@ -1,5 +1,6 @@
 """Live view without RViz: the Foxglove WebSocket server advertises our channels and runs from the CLI."""
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("foxglove")
-from kltrace_ros.foxglove_view import FoxgloveView  # noqa: E402
+from kltrace_ros.io.foxglove import FoxgloveView  # noqa: E402
 
 
 def test_view_accepts_a_foxglove_client_and_advertises_channels():
@@ -50,4 +51,8 @@ def test_video_command_serves_foxglove(tmp_path):
                            "--masks", "1", "--foxglove", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Foxglove live view: open ws://127.0.0.1:" in proc.stdout
-    assert (tmp_path / "o.mp4").stat().st_size > 0 and (tmp_path / "t.json").stat().st_size > 0
+    assert (tmp_path / "o.mp4").stat().st_size > 0
+    records = json.loads((tmp_path / "t.json").read_text())
+    assert [r["frame"] for r in records] == [1, 2]
+    for r in records:  # every frame moves the content 2 px right
+        assert abs(np.median([t["vx"] for t in r["tracks"] if t["visible"]]) - 2.0) < 0.5, r

@@ -4,10 +4,11 @@ import argparse
 import pytest
 import torch
 
-from kltrace_ros.lras.checkpoint import CheckpointError
-from kltrace_ros.lras.lpq import LPQ
-from kltrace_ros.lras.model import LRAS
-from kltrace_ros.lras.sequence import Layout, reveal_mask, split_mask
+from kltrace_ros.models.checkpoint import CheckpointError
+from kltrace_ros.models.lras.tokenizer import LPQ
+from kltrace_ros.models.lras.network import LRAS
+from kltrace_ros.models.lras.layout import Layout, split_mask
+from kltrace_ros.tracing.ops import reveal_mask
 
 # a tiny model with the published layout's structure: 8x8 patch grid, 2x2 codes per patch, 6-bit codes
 LAYOUT = Layout(n_codes=64, grid=8, patch=2)
@@ -145,7 +146,7 @@ def test_lpq_codes_bits_and_decode(tmp_path):
     assert codes.shape == (2, 8, 12) and codes.dtype == torch.int64
     assert int(codes.min()) >= 0 and int(codes.max()) < 64
     # dimension 0 of project_in is the most significant bit
-    from kltrace_ros.lras.cellcode import normalise
+    from kltrace_ros.models.imagenet import normalise
     z = lpq.quantizer.project_in(lpq.encoder(normalise(img)).permute(0, 2, 3, 1))
     assert torch.equal((codes >> 5) & 1, (z[..., 0] > 0).long())
     assert torch.equal(codes & 1, (z[..., 5] > 0).long())
@@ -209,7 +210,7 @@ def test_layout_tokens_positions_and_raster():
 
 
 def test_fetch_lras_lists_sources_and_verifies_placed_files(tmp_path, capsys):
-    from kltrace_ros.bench import fetch_lras
+    from kltrace_ros.models.lras.published import fetch_lras
 
     assert fetch_lras(tmp_path) == 1
     out = capsys.readouterr().out
@@ -226,7 +227,7 @@ def test_fetch_lras_lists_sources_and_verifies_placed_files(tmp_path, capsys):
 
 
 def test_bench_lras_reports_throughput_and_memory():
-    from kltrace_ros.bench import bench_lras
+    from kltrace_ros.eval.bench import bench_lras
 
     r = bench_lras("tiny", prefix=64, suffix=16, batch=2, repeats=1)
     assert r["prefill_tokens_per_s"] > 0 and r["extend_tokens_per_s"] > 0 and r["peak_memory_MB"] > 0

@@ -2,11 +2,12 @@
 import numpy as np
 import torch
 
-from kltrace_ros.lras.lpq import LPQ
-from kltrace_ros.lras.model import LRAS
-from kltrace_ros.lras.sequence import Layout, reveal_mask
-from kltrace_ros.tracing.engine import Engine, TraceConfig, add_tracer, kl_map
-from kltrace_ros.tracing.lras_predictor import LRASPredictor, count_tokens
+from kltrace_ros.models.lras.layout import Layout
+from kltrace_ros.models.lras.network import LRAS
+from kltrace_ros.models.lras.predictor import LRASPredictor, count_tokens
+from kltrace_ros.models.lras.tokenizer import LPQ
+from kltrace_ros.tracing.engine import Engine, TraceConfig
+from kltrace_ros.tracing.ops import add_tracer, kl_map, reveal_mask
 
 
 def tiny_predictor(image_size=64, seed=0):
@@ -42,12 +43,37 @@ def test_cached_equals_naive_fp32():
     assert pred.tokens["cached"] < 0.6 * pred.tokens["naive"]
 
 
-def test_engine_runs_on_lras_and_token_counts():
+def test_engine_reports_the_peak_of_the_lras_kl_map():
+    """Whole-frame tracing on a tiny random LRAS: the engine's map is the naive KL map of the
+    predictor, and each reported point is that map's refined peak (in image px)."""
+    import torch.nn.functional as F
+
+    from kltrace_ros.tracing.ops import refine_peak
+
     pred = tiny_predictor()
     f1 = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     f2 = np.roll(f1, 2, axis=1)
-    res = Engine(pred, TraceConfig(masks=2, scales=1)).track(f1, f2, [[10, 10], [30, 20], [50, 40]])
+    q = np.array([[10.0, 10.0], [30.0, 20.0], [50.0, 40.0]])
+    res = Engine(pred, TraceConfig(masks=1, scales=1, keep_maps=True)).track(f1, f2, q)
     assert res.points.shape == (3, 2) and np.isfinite(res.points).all()
+    # the same computation by hand: whole frames at 64x64, one mask from the engine's seed
+    prep = lambda f: F.interpolate(torch.from_numpy(f).float().permute(2, 0, 1)[None] / 255, size=(64, 64),  # noqa: E731
+                                   mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    src, tgt = prep(f1), prep(f2)
+    mask = reveal_mask(8, 8, pred.reveal, torch.Generator().manual_seed(0))
+    qw = torch.tensor((q + 0.5) * [64 / 64, 64 / 48], dtype=torch.float32)
+    traced = add_tracer(src.expand(3, -1, -1, -1), qw, pred.tracer_sigma)
+    d = torch.zeros(3, 64)
+    d[:, ~mask.flatten()] = kl_map(pred.log_probs(src, tgt, mask), pred.log_probs(traced, tgt, mask))
+    for i in range(3):
+        assert np.abs(res.maps[i][0] - d[i].view(8, 8).numpy()).max() < 1e-5
+    pos, _ = refine_peak(d.view(3, 8, 8))
+    expected = (pos.numpy() * 8) * [64 / 64, 48 / 64] - 0.5
+    assert np.abs(res.points - expected).max() < 1e-4, (res.points, expected)
+
+
+def test_predict_rgb_and_token_counts():
+    pred = tiny_predictor()
     rgb = pred.predict_rgb(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), reveal_mask(8, 8, 0.2))
     assert rgb.shape == (1, 3, 64, 64)
     # the published 7B layout: 1024 patches, 10% revealed

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from kltrace_ros.tracing.analytic import AnalyticShiftPredictor
-from kltrace_ros.tracing.engine import Engine, TraceConfig, add_tracer, kl_map, refine_peak
+from kltrace_ros.models.analytic import AnalyticShiftPredictor
+from kltrace_ros.tracing.engine import Engine, TraceConfig
+from kltrace_ros.tracing.ops import add_tracer, kl_map, refine_peak
 
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")

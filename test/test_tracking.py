@@ -50,3 +50,31 @@ def test_features_and_topic_sources():
     assert ext.query_points().tolist() == [[10, 20], [30, 40]]
     with pytest.raises(ValueError, match="keypoint source"):
         TrackerConfig(source="sift").validate()
+
+
+def test_pipeline_stream_reset_rule_and_frame_gap():
+    """push(): pairs at least frame_gap apart, resets (with a reason) on a time jump or a size change."""
+    cv2 = pytest.importorskip("cv2")
+    from kltrace_ros.models.analytic import AnalyticShiftPredictor
+    from kltrace_ros.tracing.engine import Engine, TraceConfig
+    from kltrace_ros.tracking.pipeline import TrackingPipeline
+
+    img = cv2.resize(skdata.astronaut(), (320, 240), interpolation=cv2.INTER_AREA)
+
+    def frame(dx):
+        return cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, 0]]), (320, 240), borderMode=cv2.BORDER_REFLECT)
+
+    reasons = []
+    pipe = TrackingPipeline(Engine(AnalyticShiftPredictor(), TraceConfig(masks=1, scales=2)),
+                            TrackerConfig(num_points=9), frame_gap=2, on_reset=reasons.append)
+    assert pipe.push(frame(0), 0, 0) is None                      # first frame: nothing to trace yet
+    assert pipe.push(frame(3), 100, 1) is None                    # closer than frame_gap
+    res = pipe.push(frame(6), 200, 2)
+    assert (res.older_stamp_ns, res.newer_stamp_ns) == (0, 200)
+    assert np.median([t.vx for t in res.tracks]) == pytest.approx(6.0, abs=0.5)   # px per traced pair
+    ids = {t.id for t in res.tracks}
+    assert pipe.push(frame(9), 150, 4) is None and "time jumped back" in reasons[-1]
+    res = pipe.push(frame(12), 450, 6)
+    assert res is not None and not ids & {t.id for t in res.tracks}
+    assert pipe.push(cv2.resize(frame(12), (160, 120)), 600, 8) is None
+    assert reasons[-1] == "image size changed 320x240 -> 160x120: tracks reset" and len(reasons) == 2

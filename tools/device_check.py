@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from kltrace_ros.bench import bench_lras, bench_tracing
+from kltrace_ros.eval.bench import bench_lras, bench_tracing
 
 if not torch.cuda.is_available():
     sys.exit("no CUDA device")
@@ -19,8 +19,7 @@ out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 sys.path.insert(0, "test")
 from test_lras_tracing import tiny_predictor  # noqa: E402
 
-from kltrace_ros.lras.sequence import reveal_mask  # noqa: E402
-from kltrace_ros.tracing.engine import add_tracer  # noqa: E402
+from kltrace_ros.tracing.ops import add_tracer, reveal_mask  # noqa: E402
 
 pred = tiny_predictor()
 pred.lras.to("cuda", torch.bfloat16)

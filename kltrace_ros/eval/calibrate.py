@@ -8,18 +8,21 @@ peak score that maximises visibility accuracy is written into the model file's `
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kltrace_ros.lras.data import skimage_images
+from kltrace_ros.io.images import skimage_photos
+from kltrace_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from kltrace_ros.tracking.builder import Options, load_engine
 
 
 def occlusion_pairs(n_pairs: int = 16, n_queries: int = 48, seed: int = 0, size=(320, 240)):
     rng = np.random.default_rng(seed)
-    photos = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in skimage_images()]
+    photos = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in skimage_photos()]
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     for _ in range(n_pairs):
@@ -71,18 +74,14 @@ def best_threshold(conf: np.ndarray, vis: np.ndarray, prior: float | None = None
 
 
 def calibrate(model_path: Path, n_pairs: int = 16, methods=("kl", "rgb"), prior: float = 0.05) -> dict:
-    from kltrace_ros.lras.checkpoint import load_checkpoint, save_checkpoint
-    from kltrace_ros.tracing.engine import Engine, TraceConfig
-    from kltrace_ros.tracing.predictor import load_predictor
-
-    pred = load_predictor(model_path)
+    engine = load_engine(Options(model=model_path, occlusion_threshold=0.0))
     pairs = list(occlusion_pairs(n_pairs))
     out = {}
     for m in methods:
-        eng = Engine(pred, TraceConfig(method=m))
+        cfg = replace(engine.cfg, method=m)
         confs, viss = [], []
         for f1, f2, q, t, vis in tqdm(pairs, desc=f"calibrate {m}", unit="pair"):
-            r = eng.track(f1, f2, q)
+            r = engine.track(f1, f2, q, cfg)
             inside = (r.points[:, 0] >= -0.5) & (r.points[:, 0] <= f2.shape[1] - 0.5)
             confs.append(np.where(inside, r.confidence, -1.0))
             viss.append(vis)

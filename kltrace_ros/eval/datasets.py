@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from kltrace_ros.io.images import read_rgb
 
 FLO_MAGIC = 202021.25
 
@@ -29,13 +30,6 @@ def read_flo(path: Path) -> np.ndarray:
     flow = data.reshape(h, w, 2).copy()
     flow[np.abs(flow) > 1e9] = np.nan
     return flow
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 @dataclass

@@ -70,32 +70,27 @@ def format_table(results: dict) -> str:
 
 
 def plot_summary(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # optional heavy dependency: only the plots need it
 
     methods = list(results["overall"])
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    fig = Figure(figsize=(4 * len(METRICS), 3.2))
+    axes = fig.subplots(1, len(METRICS))
     for ax, k in zip(axes, METRICS):
         ax.bar(methods, [results["overall"][m][k] for m in methods], color="tab:blue")
         ax.set_title(k + (" (lower is better)" if k == "EPE" else ""))
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def plot_pairs(pairs, preds, methods, path: Path, max_arrows: int = 40) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # optional heavy dependency: only the plots need it
 
     n = len(pairs)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    fig = Figure(figsize=(6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     colours = {"kl": "red", "rgb": "orange", "lk": "cyan", "dis": "magenta", "zero": "white"}
     for ax, pair in zip(axes.flat, pairs):
         p = preds[pair.id]
@@ -117,4 +112,3 @@ def plot_pairs(pairs, preds, methods, path: Path, max_arrows: int = 40) -> None:
     axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -18,50 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kltrace_ros.lras.sequence import reveal_mask
-
-from .predictor import Predictor
-
-
-def add_tracer(windows: torch.Tensor, centres: torch.Tensor, sigma: float, amplitude: float = 1.0) -> torch.Tensor:
-    """Add a white Gaussian (``amplitude`` 1.0 = 255 of 0..255 on each channel) at sub-pixel
-    ``centres`` (B,2) (x, y in continuous px: pixel i spans [i, i+1)), clipped to [0, 1]."""
-    b, _, h, w = windows.shape
-    ys = torch.arange(h, dtype=windows.dtype, device=windows.device) + 0.5
-    xs = torch.arange(w, dtype=windows.dtype, device=windows.device) + 0.5
-    c = centres.to(windows)
-    g = torch.exp(-((xs.view(1, 1, w) - c[:, 0].view(b, 1, 1)) ** 2 + (ys.view(1, h, 1) - c[:, 1].view(b, 1, 1)) ** 2)
-                  / (2 * sigma ** 2))
-    return (windows + amplitude * g.unsqueeze(1)).clamp(0, 1)
-
-
-def kl_map(logp_clean: torch.Tensor, logp_traced: torch.Tensor) -> torch.Tensor:
-    """KL(p_clean || p_traced) per patch (B, M), accumulated in fp32 over the vocabulary."""
-    lc = logp_clean.float().log_softmax(-1)
-    lt = logp_traced.float().log_softmax(-1)
-    return (lc.exp() * (lc - lt)).sum(-1).clamp(min=0)
-
-
-def refine_peak(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Peak of maps d (B,g,g): (x, y) in patch units (continuous, patch centre = i + 0.5) and peak value.
-
-    Argmax, then the centroid of the 3x3 neighbourhood weighted by D minus its minimum.
-    """
-    b, g, _ = d.shape
-    flat = d.flatten(1)
-    val, idx = flat.max(1)
-    iy, ix = idx // g, idx % g
-    pad = F.pad(d.unsqueeze(1), (1, 1, 1, 1), value=float("nan"))[:, 0]
-    ar = torch.arange(b, device=d.device)
-    nb = torch.stack([pad[ar, iy + 1 + dy, ix + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 1)
-    valid = ~torch.isnan(nb)
-    lo = torch.where(valid, nb, torch.full_like(nb, float("inf"))).amin(1, keepdim=True)
-    wts = torch.where(valid, nb - lo, torch.zeros_like(nb))
-    off = torch.tensor([[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=d.dtype, device=d.device)
-    norm = wts.sum(1, keepdim=True)
-    delta = torch.where(norm > 0, (wts.unsqueeze(-1) * off).sum(1) / norm.clamp(min=1e-12), torch.zeros(b, 2).to(d))
-    pos = torch.stack([ix, iy], -1).to(d) + 0.5 + delta
-    return pos, val
+from .ops import add_tracer, central_region, centre_block, kl_map, refine_peak, reveal_mask
+from .protocol import Predictor
 
 
 @dataclass
@@ -71,12 +29,17 @@ class TraceConfig:
     scales: int | None = None          # number of zoom scales (None: predictor default)
     first_crop: int | None = None      # px at the working resolution (None: predictor default)
     shrink: float | None = None        # crop shrink per scale (None: predictor default)
-    hide_radius: int = 1               # patches around the estimate kept hidden (3x3 by default)
+    hide_radius: int = 1               # patches kept hidden around the estimate: a 2r+2 block (4x4 for r=1),
+                                       # as the estimate sits on a patch corner at the window centre
     zoom_search: float = 0.5           # at refinement scales, search only this central fraction of the window
     occlusion_threshold: float = 0.0   # peak D below this = occluded (0: never)
     seed: int = 0
     batch: int = 64                    # query points per predictor call
     keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
+
+    def __post_init__(self):
+        if self.method not in ("kl", "rgb"):
+            raise ValueError(f"method must be 'kl' or 'rgb', got {self.method!r}")
 
 
 @dataclass
@@ -99,8 +62,6 @@ class Engine:
     def __init__(self, predictor: Predictor, config: TraceConfig | None = None):
         self.p = predictor
         self.cfg = config or TraceConfig()
-        if self.cfg.method not in ("kl", "rgb"):
-            raise ValueError(f"method must be 'kl' or 'rgb', got {self.cfg.method!r}")
 
     # ----------------------------------------------------------- geometry
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -130,7 +91,12 @@ class Engine:
 
     # ---------------------------------------------------------------- run
     @torch.no_grad()
-    def track(self, frame1, frame2, queries) -> TraceResult:
+    def track(self, frame1, frame2, queries, config: TraceConfig | None = None) -> TraceResult:
+        """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
+
+        ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
+        mixes two configurations within one call."""
+        cfg = config or self.cfg
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
         h1, w1 = np.shape(frame1)[:2]
         h2, w2 = np.shape(frame2)[:2]
@@ -142,20 +108,20 @@ class Engine:
         est = qw.clone()
         conf = torch.zeros(len(q))
         maps = [None] * len(q)
-        for i in range(0, len(q), self.cfg.batch):
-            sl = slice(i, i + self.cfg.batch)
-            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl])
+        for i in range(0, len(q), cfg.batch):
+            sl = slice(i, i + cfg.batch)
+            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl], cfg)
             maps[sl] = m
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
-        vis = (conf.numpy() >= self.cfg.occlusion_threshold) & inside   # out of view = not visible
+        vis = (conf.numpy() >= cfg.occlusion_threshold) & inside   # out of view = not visible
         res = TraceResult(pts, vis, conf.numpy())
-        if self.cfg.keep_maps:
+        if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
 
-    def _track_batch(self, img1, img2, qw):
-        p, cfg = self.p, self.cfg
+    def _track_batch(self, img1, img2, qw, cfg: TraceConfig):
+        p = self.p
         s, w, patch = p.image_size, p.window, p.patch
         g = w // patch
         n = len(qw)
@@ -179,39 +145,33 @@ class Engine:
             tgt_w = self._windows(img2, tgt_c[:1] if whole else tgt_c, crop_k)
             q_win = (qw - src_c) * scale + w / 2                      # query in source-window px
             traced = add_tracer(src_w.expand(n, -1, -1, -1), q_win, p.tracer_sigma)
-            keep = None  # patches kept hidden: the estimate sits at the target-window centre for every point
-            if not whole:
-                keep = torch.zeros(g, g, dtype=torch.bool)
-                c0, r = g // 2, cfg.hide_radius
-                keep[c0 - r - 1:c0 + r + 1, c0 - r - 1:c0 + r + 1] = True
+            # patches kept hidden: the estimate sits at the target-window centre for every point
+            keep = None if whole else centre_block(g, cfg.hide_radius)
             total = torch.zeros(n, g * g)
             count = torch.zeros(1, g * g)
             for _ in range(cfg.masks or getattr(p, "masks", 1)):
                 mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
                 hidden = ~mask.flatten()
-                total[:, hidden] += self._map(src_w, traced, tgt_w, mask).cpu()
+                total[:, hidden] += self._map(src_w, traced, tgt_w, mask, cfg.method).cpu()
                 count[:, hidden] += 1
             d = (total / count.clamp(min=1)).view(n, g, g)
             d = torch.where(count.view(1, g, g) > 0, d, torch.zeros_like(d))
             search = d
             if not whole and k > 0 and cfg.zoom_search < 1:  # refine near the previous estimate only
-                lo = int(round(g * (1 - cfg.zoom_search) / 2))
-                inside = torch.zeros(g, g, dtype=torch.bool)
-                inside[lo:g - lo, lo:g - lo] = True
-                search = torch.where(inside, d, torch.zeros_like(d))
+                search = torch.where(central_region(g, cfg.zoom_search), d, torch.zeros_like(d))
             pos, peak = refine_peak(search)
             est = (pos * patch - w / 2) / scale + tgt_c
-            if self.cfg.keep_maps:
+            if cfg.keep_maps:
                 box = torch.cat([tgt_c - crop_k / 2, tgt_c + crop_k / 2], 1).numpy()
                 maps = [(d[i].numpy(), box[i]) for i in range(n)]
             crop *= shrink
         return est, peak, maps
 
-    def _map(self, src_w, traced, tgt_w, mask):
+    def _map(self, src_w, traced, tgt_w, mask, method: str):
         """Per-point maps (B, M) over hidden patches: KL or RGB difference."""
         p = self.p
         shared = src_w.shape[0] == 1
-        if self.cfg.method == "kl":
+        if method == "kl":
             if shared and tgt_w.shape[0] == 1 and hasattr(p, "traced_kl"):
                 return p.traced_kl(src_w, traced, tgt_w, mask)   # the predictor shares work across variants
             clean = p.log_probs(src_w, tgt_w, mask)

@@ -1,14 +1,28 @@
-"""Frame pair -> tracks: the tracing engine plus the keypoint lifecycle (used by the node and the offline tools)."""
+"""A camera stream -> tracks: the tracing engine plus the keypoint lifecycle, and the reset rule.
+
+One ``TrackingPipeline`` per camera, used by the node, ``kltrace video`` and ``kltrace bag``
+alike: ``push`` each frame with its stamp; it traces the pair (the frame the tracks live on,
+this frame) once the frames are at least ``frame_gap`` apart, and resets the tracks when time
+jumps back (bag loop, simulation reset) or the image size changes.
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from kltrace_ros.tracing.engine import Engine
+from kltrace_ros.tracing.engine import Engine, TraceConfig
 
 from .tracker import PointTracker, TrackerConfig
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray              # (H,W,3) uint8
+    stamp_ns: int
+    index: int                   # position in the stream (counts frames that were never traced)
 
 
 @dataclass
@@ -20,23 +34,62 @@ class PairResult:
     confidence: np.ndarray
     maps: list                   # per traced point (map, box) when the engine keeps maps
     seconds: float
+    older_stamp_ns: int = 0
+    newer_stamp_ns: int = 0
+
+
+def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> str | None:
+    """Why the tracks cannot continue from ``older`` to this frame, or None."""
+    if older is None:
+        return None
+    if stamp_ns < older.stamp_ns:
+        return f"time jumped back ({older.stamp_ns - stamp_ns} ns): tracks reset (bag loop or simulation reset?)"
+    if older.rgb.shape != rgb.shape:
+        (h0, w0), (h1, w1) = older.rgb.shape[:2], rgb.shape[:2]
+        return f"image size changed {w0}x{h0} -> {w1}x{h1}: tracks reset"
+    return None
 
 
 class TrackingPipeline:
-    def __init__(self, engine: Engine, tracker: TrackerConfig | None = None):
+    def __init__(self, engine: Engine, tracker: TrackerConfig | None = None, trace: TraceConfig | None = None,
+                 frame_gap: int = 1, on_reset: Callable[[str], None] | None = None):
         self.engine = engine
+        self.trace = trace or engine.cfg        # this stream's tracing settings (one engine serves many streams)
         self.tracker = PointTracker(tracker or TrackerConfig())
         self.tracker.config.validate()
+        self.frame_gap = frame_gap
+        self.on_reset = on_reset
+        self.older: Frame | None = None
 
     def reset(self) -> None:
+        """Forget every track and the frame they live on: the next frame starts a new sequence."""
         self.tracker.reset()
+        self.older = None
+
+    def push(self, rgb: np.ndarray, stamp_ns: int, index: int) -> PairResult | None:
+        """Take the next frame of the stream; returns the traced pair's result, or None (first frame of a
+        sequence, or closer than ``frame_gap`` to the frame the tracks live on)."""
+        reason = reset_reason(self.older, rgb, stamp_ns)
+        if reason is not None:
+            self.reset()
+            if self.on_reset is not None:
+                self.on_reset(reason)
+        if self.older is None:
+            self.older = Frame(rgb, stamp_ns, index)
+            return None
+        if index - self.older.index < self.frame_gap:
+            return None
+        res = self.step(self.older.rgb, rgb)
+        res.older_stamp_ns, res.newer_stamp_ns = self.older.stamp_ns, stamp_ns
+        self.older = Frame(rgb, stamp_ns, index)
+        return res
 
     def step(self, older: np.ndarray, newer: np.ndarray) -> PairResult:
         """Seed on the older image if needed, trace the live tracks into the newer one, update them."""
         t0 = time.perf_counter()
         self.tracker.seed(older)
         starts = self.tracker.query_points()
-        res = self.engine.track(older, newer, starts)
+        res = self.engine.track(older, newer, starts, self.trace)
         tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2])
         return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
                           time.perf_counter() - t0)

@@ -30,6 +30,14 @@ class Track:
     occluded_for: int = 0
 
 
+TRACK_FIELDS = ("id", "x", "y", "vx", "vy", "visible", "confidence", "age")   # what outputs carry of a track
+
+
+def track_record(track) -> dict:
+    """A JSON-ready dict of a track (a ``Track`` or a kltrace_ros/Track message)."""
+    return {k: getattr(track, k) for k in TRACK_FIELDS}
+
+
 @dataclass
 class TrackerConfig:
     num_points: int = 64

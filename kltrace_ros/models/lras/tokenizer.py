@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cellcode import denormalise, normalise
-from .checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..imagenet import denormalise, normalise
 
 
 class ChannelLayerNorm(nn.Module):
@@ -70,7 +70,7 @@ class LFQ(nn.Module):
         return self.project_out(z.to(self.project_out.weight.dtype)).permute(0, 3, 1, 2)
 
 
-def _arch_from_state(state: dict) -> dict:
+def arch_from_state(state: dict) -> dict:
     """Channel widths, block kinds and code bits from the state-dict shapes."""
     try:
         stem = state["encoder.0.weight"]
@@ -131,7 +131,7 @@ class LPQ(nn.Module):
         """Load the published quantizer (or ours); it runs in fp32 by default, also on CUDA."""
         cfg, state = load_checkpoint(path)
         try:
-            arch = _arch_from_state(state)
+            arch = arch_from_state(state)
         except CheckpointError as err:
             raise CheckpointError(f"checkpoint {path}: {err}") from err
         with torch.device("meta"):

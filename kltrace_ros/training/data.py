@@ -24,27 +24,12 @@ import cv2
 import numpy as np
 import torch
 
-SKIMAGE_IMAGES = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg",
-                  "brick.png", "grass.png", "gravel.png", "color.png", "retina.jpg", "camera.png",
-                  "coins.png", "moon.png", "page.png", "text.png", "cell.png", "horse.png"]
+from kltrace_ros.io.images import read_frames, read_rgb, skimage_photos
+
 DEBIAN_PACKAGES = ["opencv-doc", "python3-imageio"]
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 OPENCV_VIDEOS = ["vtest.avi", "Megamind.avi"]
 IMAGEIO_VIDEOS = ["usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"]
-
-
-def skimage_images() -> list[np.ndarray]:
-    import skimage
-
-    root = Path(skimage.__file__).parent / "data"
-    out = []
-    for name in SKIMAGE_IMAGES:
-        p = root / name
-        if p.is_file():
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is not None:
-                out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    return out
 
 
 def fetch_debian_sources(cache: Path) -> Path:
@@ -68,18 +53,8 @@ def fetch_debian_sources(cache: Path) -> Path:
 
 
 def read_video(path: Path, max_side: int = 640, max_frames: int = 600) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < max_frames:
-        ok, f = cap.read()
-        if not ok:
-            break
-        h, w = f.shape[:2]
-        s = min(1.0, max_side / max(h, w))
-        if s < 1:
-            f = cv2.resize(f, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
-    cap.release()
+    """(T,H,W,3) uint8 frames of a training video (at least two)."""
+    frames = list(read_frames(path, max_frames, max_side))
     if len(frames) < 2:
         raise FileNotFoundError(f"could not read frames from {path}")
     return np.stack(frames)
@@ -100,15 +75,18 @@ class Sources:
 
 
 def load_sources(cache: Path | None = None, debian: bool = True) -> Sources:
-    images = skimage_images()
+    images = skimage_photos()
     videos = []
     if debian:
         root = fetch_debian_sources(cache or Path.home() / ".cache" / "kltrace" / "debs")
         data = root / OPENCV_DATA
         for p in sorted(data.glob("*.jpg")) + sorted(data.glob("*.png")):
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is not None and min(img.shape[:2]) >= 96:
-                images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            try:
+                img = read_rgb(p)
+            except FileNotFoundError:  # a sample file OpenCV cannot read: not a training image
+                continue
+            if min(img.shape[:2]) >= 96:
+                images.append(img)
         for name in OPENCV_VIDEOS:
             videos.append(read_video(data / name))
         for rel in IMAGEIO_VIDEOS:

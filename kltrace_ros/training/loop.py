@@ -2,22 +2,25 @@
 
 Resumable (``--resume``), seeded, time-boxed (``--minutes``); writes ``ckpt.pt`` (model +
 optimiser, every ``--ckpt-minutes``), ``model.pt`` (weights-only cfg + model, what ships),
-``log.csv`` and ``curves.png`` into ``--out``.
+``log.csv`` and ``curves.png`` into ``--out``. Library code: it sets no global state (thread
+count, seeds, plotting backend); the CLI sets the thread count.
 """
 from __future__ import annotations
 
 import csv
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from kltrace_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from kltrace_ros.models.motion.network import MotionLRAS
+from kltrace_ros.tracing.ops import reveal_mask
+
 from .data import PairSampler, load_sources
-from .motion import DEFAULT_CFG, TRACING_KEYS, MotionLRAS
-from .sequence import reveal_mask
 
 LOG_FIELDS = ["step", "pairs", "minutes", "loss", "acc", "copy_acc", "val_loss", "val_acc", "val_copy_acc",
               "val_offset_corr", "val_offset_err"]
@@ -67,16 +70,15 @@ def validate(model: MotionLRAS, val: tuple, ratio: float) -> dict:
 
 
 def plot_log(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss, code accuracy (model vs same-cell copy) and motion curves against pairs seen."""
+    from matplotlib.figure import Figure  # optional heavy dependency: only the plot needs it
 
     rows = list(csv.DictReader(open(csv_path)))
     if not rows:
         return
     x = [float(r["pairs"]) for r in rows]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    ax = fig.subplots(1, 3)
     for key in ("loss", "val_loss"):
         ax[0].plot(x, [float(r[key]) for r in rows], label=key)
     for key in ("acc", "copy_acc", "val_acc", "val_copy_acc"):
@@ -89,102 +91,105 @@ def plot_log(csv_path: Path, png_path: Path) -> None:
         a.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
-    plt.close(fig)
 
 
-def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int = 32, lr: float = 2e-3,
-          seed: int = 0, resume: bool = False, ckpt_minutes: float = 3.0, threads: int | None = None,
-          debian: bool = True, cfg: dict | None = None, val_size: int = 128, log_every: int = 25) -> Path:
-    if threads:
-        torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    train_src, val_src = load_sources(debian=debian).split()
+@dataclass
+class Run:
+    """What a checkpoint restores: the model, its optimiser and the counters."""
+    model: MotionLRAS
+    opt: torch.optim.Optimizer
+    step: int = 0
+    pairs: int = 0
+    minutes: float = 0.0        # spent in earlier sessions of this run
+
+
+def start_run(out: Path, train_src, cfg: dict | None, lr: float, seed: int, resume: bool) -> Run:
+    """Resume from ``out/ckpt.pt``, or build a new model (seeded locally) and fit its tokenizer."""
     ckpt_path = out / "ckpt.pt"
-    step, pairs, spent = 0, 0, 0.0
     if resume and ckpt_path.is_file():
         mcfg, state = load_checkpoint(ckpt_path)
         model = MotionLRAS(mcfg)
         model.load_state_dict(state)
         full = torch.load(ckpt_path, weights_only=True)
-        step, pairs, spent = int(full["step"]), int(full["pairs"]), float(full["minutes"])
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         opt.load_state_dict(full["optimizer"])
-        print(f"resumed from {ckpt_path} at step {step} ({pairs} pairs, {spent:.1f} min)")
-    else:
+        run = Run(model, opt, int(full["step"]), int(full["pairs"]), float(full["minutes"]))
+        print(f"resumed from {ckpt_path} at step {run.step} ({run.pairs} pairs, {run.minutes:.1f} min)")
+        return run
+    with torch.random.fork_rng():  # seed the initial weights without touching the caller's RNG
+        torch.manual_seed(seed)
         model = MotionLRAS(cfg)
-        tok_sampler = PairSampler(train_src, model.cfg["window"], seed=seed + 7)
-        mse = fit_tokenizer(model, tok_sampler, seed=seed)
-        model.init_embedding_from_codebook(seed)
-        print(f"CellCode: {model.cfg['n_codes']} codes fitted, cell MSE {mse:.4f} (normalised RGB)")
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        if (out / "log.csv").exists():
-            (out / "log.csv").unlink()
-    sampler = PairSampler(train_src, model.cfg["window"], seed=seed * 1000 + step)
+    mse = fit_tokenizer(model, PairSampler(train_src, model.cfg["window"], seed=seed + 7), seed=seed)
+    model.init_embedding_from_codebook(seed)
+    print(f"CellCode: {model.cfg['n_codes']} codes fitted, cell MSE {mse:.4f} (normalised RGB)")
+    if (out / "log.csv").exists():
+        (out / "log.csv").unlink()
+    return Run(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0))
+
+
+def save_run(out: Path, run: Run, minutes: float) -> None:
+    state = run.model.state_dict()
+    save_checkpoint(out / "ckpt.pt", run.model.cfg, state, optimizer=run.opt.state_dict(), step=run.step,
+                    pairs=run.pairs, minutes=minutes)
+    save_checkpoint(out / "model.pt", run.model.cfg, state)
+    plot_log(out / "log.csv", out / "curves.png")
+
+
+def learning_rate(lr: float, step: int, frac: float) -> float:
+    """Warm-up over 100 steps, then cosine decay to 10% over the budget (``frac`` of it used)."""
+    return lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int = 32, lr: float = 2e-3,
+          seed: int = 0, resume: bool = False, ckpt_minutes: float = 3.0, debian: bool = True,
+          cfg: dict | None = None, val_size: int = 128, log_every: int = 25) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    train_src, val_src = load_sources(debian=debian).split()
+    run = start_run(out, train_src, cfg, lr, seed, resume)
+    model, opt = run.model, run.opt
+    sampler = PairSampler(train_src, model.cfg["window"], seed=seed * 1000 + run.step)
     val = PairSampler(val_src if val_src.images else train_src, model.cfg["window"], seed=99).sample(val_size)
-    gen = torch.Generator().manual_seed(seed * 1000 + step + 1)
+    gen = torch.Generator().manual_seed(seed * 1000 + run.step + 1)
     ratio = model.cfg["reveal"]
     log = open(out / "log.csv", "a", newline="")
     writer = csv.DictWriter(log, LOG_FIELDS)
     if log.tell() == 0:
         writer.writeheader()
-
-    def save(final=False):
-        state = model.state_dict()
-        save_checkpoint(ckpt_path, model.cfg, state, optimizer=opt.state_dict(), step=step, pairs=pairs,
-                        minutes=spent + (time.time() - t0) / 60)
-        save_checkpoint(out / "model.pt", model.cfg, state)
-        plot_log(out / "log.csv", out / "curves.png")
-
-    t0 = time.time()
-    last_ckpt = t0
-    total = steps if steps is not None else None
-    bar = tqdm(total=total, desc="train", unit="step", initial=0, dynamic_ncols=True)
-    run = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
-    while True:
-        elapsed = (time.time() - t0) / 60
-        if (steps is not None and bar.n >= steps) or (steps is None and elapsed >= minutes):
-            break
-        # warm-up then cosine decay over the time budget
-        frac = min(1.0, (spent + elapsed) / max(minutes + spent, 1e-6)) if steps is None else bar.n / max(steps, 1)
+    t0 = last_ckpt = time.time()
+    elapsed = lambda: (time.time() - t0) / 60  # noqa: E731
+    bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
+    running = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
+    while (bar.n < steps) if steps is not None else (elapsed() < minutes):
+        frac = bar.n / max(steps, 1) if steps is not None else min(1.0, (run.minutes + elapsed()) / max(
+            minutes + run.minutes, 1e-6))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            group["lr"] = learning_rate(lr, run.step, frac)
         src_img, tgt_img, _ = sampler.sample(batch)
         loss, acc, copy = batch_loss(model, src_img, tgt_img, (ratio * 0.6, ratio * 1.4), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
-        pairs += batch
+        run.step += 1
+        run.pairs += batch
         bar.update(1)
-        run["loss"] += float(loss); run["acc"] += float(acc); run["copy_acc"] += float(copy); run["n"] += 1
-        if step % log_every == 0:
-            v = validate(model, val, ratio)
-            row = {"step": step, "pairs": pairs, "minutes": round(spent + (time.time() - t0) / 60, 2),
-                   **{k: round(run[k] / run["n"], 4) for k in ("loss", "acc", "copy_acc")},
-                   **{k: round(x, 4) for k, x in v.items()}}
+        for k, v in (("loss", loss), ("acc", acc), ("copy_acc", copy)):
+            running[k] += float(v)
+        running["n"] += 1
+        if run.step % log_every == 0:
+            row = {"step": run.step, "pairs": run.pairs, "minutes": round(run.minutes + elapsed(), 2),
+                   **{k: round(running[k] / running["n"], 4) for k in ("loss", "acc", "copy_acc")},
+                   **{k: round(x, 4) for k, x in validate(model, val, ratio).items()}}
             writer.writerow(row)
             log.flush()
-            bar.set_postfix(loss=row["loss"], acc=row["acc"], copy=row["copy_acc"], vacc=row["val_acc"],
-                            verr=row["val_offset_err"])
-            run = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
+            bar.set_postfix(loss=row["loss"], acc=row["acc"], vacc=row["val_acc"], verr=row["val_offset_err"])
+            running = {"loss": 0.0, "acc": 0.0, "copy_acc": 0.0, "n": 0}
         if time.time() - last_ckpt > ckpt_minutes * 60:
-            save()
+            save_run(out, run, run.minutes + elapsed())
             last_ckpt = time.time()
     bar.close()
-    save()
+    save_run(out, run, run.minutes + elapsed())
     log.close()
-    print(f"trained {step} steps, {pairs} pairs, {spent + (time.time() - t0) / 60:.1f} min; "
+    print(f"trained {run.step} steps, {run.pairs} pairs, {run.minutes + elapsed():.1f} min; "
           f"weights: {out / 'model.pt'}; log: {out / 'log.csv'}; plot: {out / 'curves.png'}")
     return out / "model.pt"
-
-
-def export_model(model_path: Path, dest: Path) -> Path:
-    """Write the shipped weights: a trained model.pt with the tracing settings of this code version."""
-    cfg, state = load_checkpoint(model_path)
-    cfg.update({k: DEFAULT_CFG[k] for k in TRACING_KEYS})
-    model = MotionLRAS(cfg)
-    model.load_state_dict(state)
-    save_checkpoint(dest, model.cfg, model.state_dict())
-    return dest

@@ -1,19 +1,16 @@
-"""`kltrace` command line: one entry point for the ROS-free core.
-
-Each sub-command lives next to the code it exposes; this module only wires them up.
-"""
+"""`kltrace` command line: one entry point for the ROS-free core (``commands`` wires each
+sub-command to the code it exposes)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .commands import register
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kltrace", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    from kltrace_ros import commands
-
-    commands.register(sub)
+    register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -24,7 +21,3 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # user errors: one clear line, no traceback
         print(f"kltrace {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 
 REQUIRED_CFG = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 

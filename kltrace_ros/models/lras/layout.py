@@ -1,28 +1,8 @@
-"""Token layout shared by the tracing engine and training.
-
-Reveal masks for any patch grid, and the LRAS two-frame sequence layout (pointer tokens,
-position ids ``offset + 5p + j``, 2x2 code patches, hidden-patch pointer block).
-"""
+"""The LRAS two-frame sequence layout: pointer tokens, position ids ``offset + 5p + j``, 2x2 code
+patches, the hidden-patch pointer block (see ``../shared/reference/lras-format.md`` section 4)."""
 from __future__ import annotations
 
 import torch
-
-
-def reveal_mask(gh: int, gw: int, ratio: float, generator: torch.Generator | None = None,
-                keep_hidden: torch.Tensor | None = None) -> torch.Tensor:
-    """A (gh, gw) bool mask with ``round(ratio * gh * gw)`` revealed patches chosen at random.
-
-    ``keep_hidden`` (gh, gw) bool marks patches that must stay hidden (for example the
-    neighbourhood of the current estimate, where the tracer has to be able to show up).
-    """
-    n = gh * gw
-    allowed = torch.ones(n, dtype=torch.bool) if keep_hidden is None else ~keep_hidden.flatten().cpu()
-    k = min(int(round(ratio * n)), int(allowed.sum()))
-    scores = torch.rand(n, generator=generator)
-    scores[~allowed] = -1.0
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[scores.topk(k).indices] = True
-    return mask.view(gh, gw)
 
 
 class Layout:

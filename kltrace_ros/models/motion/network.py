@@ -5,11 +5,12 @@ revealed frame-1 tokens, and gives a distribution over codes for every hidden fr
 What lets a small model follow motion instead of copying the same cell (see
 ``../shared/reference/small-model-experiments.md``) is an explicit motion structure:
 
-1. every revealed target cell correlates its feature with the source cells within
-   ``radius`` cells (cosine-like dot product, learned temperature) and takes the soft-argmax
-   offset ("where did I come from"), with the peak probability as its confidence;
-2. every cell takes the confidence- and distance-weighted mean offset of the revealed cells
-   (learned width), so hidden cells get an offset too;
+1. every revealed target cell compares its feature with the source cells within ``radius``
+   cells (negative mean squared feature distance times a learned temperature) and turns the
+   costs into a softmax over the (2r+1)^2 offsets ("where did I come from");
+2. every cell sums the offset distributions of the revealed cells around it, weighted by a
+   Gaussian of the cell distance (learned width), and takes the sharpened centroid of the 3x3
+   offsets around the strongest vote, so hidden cells get an offset too;
 3. the prediction of a cell samples the decoded source window at the displaced location
    (bilinear, pixel level, so sub-cell offsets matter) and starts from the codebook's
    nearest-code posterior of that sampled content; a small MLP on the sampled content and
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cellcode import CellCode, to_cells
+from .tokenizer import CellCode, to_cells
 
 DEFAULT_CFG = {
     "model_class": "MotionLRAS",
@@ -157,8 +158,8 @@ class MotionLRAS(nn.Module):
         if tgt.dim() == 2:
             tgt = tgt.unsqueeze(0)
         tgt = tgt.expand(b, -1, -1)
-        hidden_tgt = torch.where(reveal, tgt, torch.zeros_like(tgt))  # hidden target codes are never read
-        offsets = self.cell_offsets(src, hidden_tgt, reveal)
+        revealed_tgt = torch.where(reveal, tgt, torch.zeros_like(tgt))  # hidden target codes are never read
+        offsets = self.cell_offsets(src, revealed_tgt, reveal)
         src_img = self.tokenizer.decode_normalised(src)
         src_emb = self.emb(src).permute(0, 3, 1, 2)
         content, feat = self.warp_source(src_img, src_emb, offsets)

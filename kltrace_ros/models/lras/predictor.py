@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from kltrace_ros.lras.lpq import LPQ
-from kltrace_ros.lras.model import LRAS
-from kltrace_ros.lras.sequence import Layout, split_mask
+from kltrace_ros.tracing.ops import kl_map
+
+from .layout import Layout, split_mask
+from .network import LRAS
+from .tokenizer import LPQ
 
 
 @dataclass
@@ -136,8 +138,6 @@ class LRASPredictor:
     def traced_kl(self, clean, traced, targets, reveal, cached: bool = True):
         """KL maps (B, M) for tracer variants, in groups of ``group`` points (each group its own
         touched-last order and prefix), so memory stays bounded for a 67k-code vocabulary."""
-        from .engine import kl_map
-
         maps = []
         for i in range(0, traced.shape[0], self.group):
             c, t = self.traced_log_probs(clean, traced[i:i + self.group], targets, reveal, cached)

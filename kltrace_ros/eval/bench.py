@@ -1,4 +1,4 @@
-"""`kltrace bench lras|tracing` and `kltrace fetch-lras`: measured speed, memory, and the published files."""
+"""`kltrace bench lras|tracing`: measured speed and memory (the machine is part of every result)."""
 from __future__ import annotations
 
 import platform
@@ -6,20 +6,21 @@ import resource
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+
+from kltrace_ros.io.images import skimage_photo
+from kltrace_ros.models.lras.layout import Layout
+from kltrace_ros.models.lras.network import LRAS
+from kltrace_ros.models.lras.predictor import count_tokens
+from kltrace_ros.tracking.builder import Options, load_engine
 
 SIZES = {  # name: (n_layer, n_head, n_embd, vocab_size, block_size)
     "tiny": (2, 4, 128, 2048 + 2 * 1024, 10240),
     "small": (6, 8, 512, 65536 + 2 * 1024, 10240),
     "1b": (36, 20, 1280, 111616, 22536),
     "7b": (32, 32, 4096, 67584, 10240),
-}
-
-BASE_URL = "https://storage.googleapis.com/lras_3d/lras_3d/models/checkpoints"
-PUBLISHED = {
-    "rgb_predictor.pt": ("rgb_predictor/rgb_predictor.pt", "LRAS 7B RGB predictor (about 14 GB in bf16)"),
-    "rgb_quantizer.pt": ("rgb_quantizer/rgb_quantizer.pt", "LPQ RGB quantizer"),
 }
 
 
@@ -36,8 +37,6 @@ def _peak_mb(device) -> float:
 
 
 def bench_lras(size="tiny", prefix=1024, suffix=256, batch=8, device="cpu", repeats=3) -> dict:
-    from kltrace_ros.lras.model import LRAS
-
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_layer, n_head, n_embd, vocab, block = SIZES[size]
@@ -69,19 +68,10 @@ def bench_lras(size="tiny", prefix=1024, suffix=256, batch=8, device="cpu", repe
 
 
 def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=2) -> dict:
-    import cv2
-    from skimage import data
-
-    from kltrace_ros.lras.sequence import Layout
-    from kltrace_ros.tracing.engine import Engine, TraceConfig
-    from kltrace_ros.tracing.lras_predictor import count_tokens
-    from kltrace_ros.tracing.predictor import load_predictor
-
-    pred = load_predictor(model, torch.device(device))
-    img = cv2.resize(data.astronaut(), (320, 240), interpolation=cv2.INTER_AREA)
+    eng = load_engine(Options(model=model, device=device, masks=masks, scales=scales, occlusion_threshold=0.0))
+    img = cv2.resize(skimage_photo("astronaut.png"), (320, 240), interpolation=cv2.INTER_AREA)
     f2 = cv2.warpAffine(img, np.float32([[1, 0, 3.5], [0, 1, -2.0]]), (320, 240), borderMode=cv2.BORDER_REFLECT)
     q = np.random.default_rng(0).uniform([20, 20], [300, 220], (points, 2))
-    eng = Engine(pred, TraceConfig(masks=masks, scales=scales))
     eng.track(img, f2, q[:4])
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -90,51 +80,7 @@ def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, 
     err = np.linalg.norm(res.points - (q + [3.5, -2.0]), axis=1)
     tc = count_tokens(Layout(), reveal=0.1, points=points, group=16)
     naive, cached = tc.per_point(points)
-    return {"model": pred.name, "device": device, "machine": machine(), "points": points,
+    return {"model": eng.p.name, "device": device, "machine": machine(), "points": points,
             "points_per_s": points / dt, "seconds_per_pair": dt, "median_error_px": float(np.median(err)),
             "lras7b_tokens_per_point_naive": naive, "lras7b_tokens_per_point_cached": cached,
             "lras7b_token_reduction": naive / cached}
-
-
-def fetch_lras(dest: Path) -> int:
-    """Print what to download and where from; verify files already placed in ``dest``."""
-    from kltrace_ros.lras.checkpoint import CheckpointError, load_checkpoint
-    from kltrace_ros.lras.lpq import LPQ, _arch_from_state
-    from kltrace_ros.lras.model import LRAS
-
-    dest = Path(dest)
-    print("kltrace never downloads at run time. Download these files yourself (research use; the")
-    print("checkpoints carry no stated licence) and place them in", dest)
-    for name, (rel, what) in PUBLISHED.items():
-        print(f"  {what}:\n    {BASE_URL}/{rel}\n    -> {dest / name}")
-    status = 0
-    for name in PUBLISHED:
-        path = dest / name
-        if not path.exists():
-            print(f"[missing] {path}")
-            status = 1
-            continue
-        try:
-            cfg, state = load_checkpoint(path)
-            gb = path.stat().st_size / 2**30
-            if "quantizer" in name:
-                arch = _arch_from_state(state)
-                with torch.device("meta"):
-                    LPQ(arch, cfg)
-                print(f"[ok] {path}: {gb:.2f} GB, LPQ with {arch['bits']}-bit codes, {len(state)} tensors")
-            else:
-                with torch.device("meta"):
-                    model = LRAS(cfg)
-                expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-                bad = [k for k in expected if k not in state or tuple(state[k].shape) != expected[k]]
-                if bad or len(state) != len(expected):
-                    raise CheckpointError(f"{path}: {len(bad)} keys missing or mis-shaped (first: {bad[:3]})")
-                print(f"[ok] {path}: {gb:.2f} GB, {cfg['n_layer']} layers x {cfg['n_embd']}, {cfg['n_head']} heads, "
-                      f"vocab {cfg['vocab_size']}, block {cfg['block_size']}")
-        except (CheckpointError, ValueError) as err:
-            print(f"[bad] {err}")
-            status = 1
-    if status == 0:
-        print(f"use: kltrace track-pair A.png B.png q.json out.json --model {dest / 'rgb_predictor.pt'} "
-              f"--quantizer {dest / 'rgb_quantizer.pt'} --device cuda")
-    return status

@@ -4,27 +4,14 @@ Each ``cell x cell`` RGB cell (4x4 by default, as the LPQ's receptive field) bec
 ``n_codes`` codes: the nearest k-means centroid in ImageNet-normalised RGB. It has the LPQ's
 API (``encode`` (B,3,H,W) in [0,1] -> (B,H/c,W/c) int64, ``decode`` codes -> RGB in [0,1]).
 A code carries the cell's actual colours, so the predictor can start from the codebook's
-nearest-code posterior of a source cell (see ``motion.py``).
+nearest-code posterior of a source cell (see ``network.py``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = images.new_tensor(MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(STD).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-def denormalise(images: torch.Tensor) -> torch.Tensor:
-    mean = images.new_tensor(MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(STD).view(1, 3, 1, 1)
-    return images * std + mean
+from ..imagenet import denormalise, normalise
 
 
 def to_cells(x: torch.Tensor, cell: int) -> torch.Tensor:

@@ -11,16 +11,37 @@ def _colour(track_id: int) -> tuple:
     return tuple(int(c) for c in bgr)
 
 
-def draw_tracks(image: np.ndarray, tracks, history: dict | None = None, scale_vectors: float = 3.0) -> np.ndarray:
-    """The image with each track's position, motion vector (x ``scale_vectors``) and recent trail."""
+class Trails:
+    """The last ``length`` positions of each live track, for drawing; ids that are gone are dropped."""
+
+    def __init__(self, length: int = 12):
+        self.length = length
+        self.points: dict = {}
+
+    def update(self, tracks) -> None:
+        live = {t.id for t in tracks}
+        for dead in set(self.points) - live:
+            del self.points[dead]
+        for t in tracks:
+            trail = self.points.setdefault(t.id, [])
+            trail.append((int(round(t.x)), int(round(t.y))))
+            del trail[:-self.length]
+
+    def clear(self) -> None:
+        self.points.clear()
+
+
+def draw_tracks(image: np.ndarray, tracks, trails: Trails | None = None, scale_vectors: float = 3.0) -> np.ndarray:
+    """The image with each track's position, motion vector (x ``scale_vectors``) and recent trail
+    (``trails`` is updated with ``tracks`` first)."""
     out = np.ascontiguousarray(image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+    if trails is not None:
+        trails.update(tracks)
     for t in tracks:
         c = _colour(t.id)
         p = (int(round(t.x)), int(round(t.y)))
-        if history is not None:
-            trail = history.setdefault(t.id, [])
-            trail.append(p)
-            del trail[:-12]
+        if trails is not None:
+            trail = trails.points[t.id]
             for a, b in zip(trail[:-1], trail[1:]):
                 cv2.line(out, a, b, c, 1, cv2.LINE_AA)
         if t.visible:

@@ -1,0 +1,262 @@
+"""Sub-commands of `kltrace`: argument parsing only; the work is done in the core.
+
+Each ``_add_<name>`` declares one sub-command and points it at its ``_run_<name>``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kltrace_ros import __version__
+from kltrace_ros.eval import bench
+from kltrace_ros.eval.calibrate import calibrate
+from kltrace_ros.eval.run import evaluate, format_table
+from kltrace_ros.io.images import read_frames, read_rgb
+from kltrace_ros.io.video import track_video
+from kltrace_ros.models.lras.published import fetch_lras
+from kltrace_ros.models.registry import resolve_device
+from kltrace_ros.tracing.engine import Engine
+from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config
+from kltrace_ros.training.export import export_model
+from kltrace_ros.training.loop import train
+
+
+def register(sub) -> None:
+    for add in (_add_version, _add_train, _add_track_pair, _add_eval, _add_video, _add_demo, _add_bench,
+                _add_fetch_lras, _add_calibrate, _add_bag):
+        add(sub)
+
+
+# ------------------------------------------------------------------ shared options
+def add_engine_args(p) -> None:
+    p.add_argument("--method", choices=("kl", "rgb"), default="kl")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
+    p.add_argument("--quantizer", type=Path, default=None, help="LPQ file, with a published LRAS --model")
+    p.add_argument("--masks", type=int, default=None, help="reveal masks per scale (default: the model's)")
+    p.add_argument("--scales", type=int, default=None, help="zoom scales (default: the model's)")
+    p.add_argument("--occlusion-threshold", type=float, default=None,
+                   help="peak score below which a point is occluded (default: the model's calibration)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+
+
+def add_stream_args(p) -> None:
+    p.add_argument("--points", type=int, default=64)
+    p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
+    p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
+                   help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
+    add_engine_args(p)
+
+
+def options(args, **changes) -> Options:
+    """Engine and tracker options from the parsed arguments (those a command has)."""
+    opts = Options(model=args.model, quantizer=args.quantizer, device=args.device, method=args.method,
+                   masks=args.masks, scales=args.scales, occlusion_threshold=args.occlusion_threshold,
+                   keep_maps=getattr(args, "foxglove", None) is not None,
+                   num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"))
+    return opts.with_(**changes)
+
+
+def run_offline(args, job):
+    """The node's job offline: ``job(pipeline, view)`` with a tracking pipeline and an optional Foxglove view."""
+    pipe = build_pipeline(options(args), on_reset=lambda reason: print(f"warning: {reason}"))
+    view = None
+    if args.foxglove is not None:
+        from kltrace_ros.io.foxglove import FoxgloveView  # optional dependency, only for --foxglove
+
+        view = FoxgloveView(args.foxglove)
+        print(f"Foxglove live view: open ws://127.0.0.1:{view.port} in Foxglove")
+    try:
+        return job(pipe, view)
+    finally:
+        if view is not None:
+            view.close()
+
+
+# ------------------------------------------------------------------ commands
+def _add_version(sub) -> None:
+    sub.add_parser("version", help="print the package version").set_defaults(func=lambda a: print(__version__))
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the small default model (CellCode tokenizer + MotionLRAS) on CPU")
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (checkpoints, log, plot)")
+    p.add_argument("--minutes", type=float, default=60.0, help="time budget (ignored with --steps)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint period")
+    p.add_argument("--codes", type=int, default=512, help="CellCode vocabulary size (new runs)")
+    p.add_argument("--log-every", type=int, default=25, help="validate and log every N steps")
+    p.add_argument("--no-debian", action="store_true",
+                   help="train on scikit-image's images only (no apt-get download of opencv-doc/python3-imageio)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="afterwards write OUT/model.pt with this version's tracing settings here "
+                        "(kltrace_ros/models/default.pt is the shipped model)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.minutes > 0 or args.steps:
+        train(args.out, minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+              resume=args.resume, ckpt_minutes=args.ckpt_minutes, debian=not args.no_debian,
+              cfg={"n_codes": args.codes}, log_every=args.log_every)
+    if args.export:
+        print(f"exported {export_model(args.out / 'model.pt', args.export)}")
+    return 0
+
+
+def _add_track_pair(sub) -> None:
+    p = sub.add_parser("track-pair", help="track query points from FRAME1 to FRAME2")
+    p.add_argument("frame1", type=Path)
+    p.add_argument("frame2", type=Path)
+    p.add_argument("queries", type=Path, help="JSON [[x, y], ...] in FRAME1 pixels")
+    p.add_argument("out", type=Path, help='JSON {"points": [[x, y], ...], "visible": [...]}')
+    add_engine_args(p)
+    p.set_defaults(func=_run_track_pair)
+
+
+def _run_track_pair(args) -> int:
+    f1, f2 = read_rgb(args.frame1), read_rgb(args.frame2)
+    try:
+        queries = json.loads(args.queries.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{args.queries} is not valid JSON ({err}); expected [[x, y], ...]") from err
+    if not isinstance(queries, list) or not all(isinstance(q, (list, tuple)) and len(q) == 2 for q in queries):
+        raise ValueError(f"{args.queries} must hold a list of [x, y] pairs")
+    res = load_engine(options(args)).track(f1, f2, queries)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"points": res.points.tolist(), "visible": res.visible.tolist()}))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="TAP-Vid two-frame metrics on a flow-gt folder (kl, rgb, zero, lk, dis)")
+    p.add_argument("root", type=Path, help="folder with pairs.json and one sub-folder per pair")
+    p.add_argument("--methods", default="kl,rgb,zero,lk,dis")
+    p.add_argument("--queries", type=int, default=128, help="query points per pair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="results.json, summary.png, pairs.png")
+    add_engine_args(p)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    traced = [m for m in methods if m in ("kl", "rgb")]
+    engines = {}
+    if traced:  # one model, one engine per tracing method
+        pred = load_engine(options(args, method=traced[0])).p
+        engines = {m: Engine(pred, trace_config(options(args, method=m), pred)) for m in traced}
+    res = evaluate(args.root, methods, engines, n_queries=args.queries, seed=args.seed, out=args.out)
+    print(format_table(res))
+    print(f"results: {args.out / 'results.json'}; plots: {args.out / 'summary.png'}, {args.out / 'pairs.png'}")
+    return 0
+
+
+def _add_video(sub) -> None:
+    p = sub.add_parser("video", help="track points through a video (or image folder): overlay video + tracks JSON")
+    p.add_argument("input", type=Path)
+    p.add_argument("--out", type=Path, default=Path("out/overlay.mp4"))
+    p.add_argument("--tracks", type=Path, default=Path("out/tracks.json"))
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-side", type=int, default=640, help="downscale frames whose longest side is larger")
+    add_stream_args(p)
+    p.set_defaults(func=_run_video)
+
+
+def _run_video(args) -> int:
+    stats = run_offline(args, lambda pipe, view: track_video(
+        pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
+        total=args.max_frames, view=view))
+    print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
+          f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
+    return 0
+
+
+def _add_bag(sub) -> None:
+    p = sub.add_parser("bag", help="the node's job on a rosbag2 (mcap/sqlite3): writes tracks, flow and overlays")
+    p.add_argument("input", type=Path, help="bag folder or .mcap file")
+    p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--out", type=Path, required=True, help="output bag (new path; .mcap for MCAP storage)")
+    p.add_argument("--no-overlay", action="store_true")
+    add_stream_args(p)
+    p.set_defaults(func=_run_bag)
+
+
+def _run_bag(args) -> int:
+    from kltrace_ros.io.bag import process_bag  # optional dependency (rosbags), only for this command
+
+    stats = run_offline(args, lambda pipe, view: process_bag(args.input, args.topic, args.out, pipe,
+                                                             overlay=not args.no_overlay, view=view))
+    print(f"wrote {args.out}: {stats}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the node on real footage fed by this process; overlay video + tracks")
+    p.add_argument("--video", type=Path, default=None, help="video or image folder (default: ../shared/data/video "
+                   "when present; 'builtin': scikit-image's coffee photo with a simulated camera motion)")
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--points", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from kltrace_ros.ros.demo import run_demo  # the ROS layer (rclpy), only for this command
+
+    run_demo(args.video, args.frames, args.points, args.out, args.device)
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed and memory: lras (transformer) or tracing (points/s)")
+    p.add_argument("what", choices=("lras", "tracing"))
+    p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny", help="lras: random model size")
+    p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
+    p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
+    p.add_argument("--batch", type=int, default=8, help="lras: continuations per extend")
+    p.add_argument("--points", type=int, default=64, help="tracing: query points per pair")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--masks", type=int, default=None)
+    p.add_argument("--scales", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    dev = str(resolve_device(args.device))
+    if args.what == "lras":
+        res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
+    else:
+        res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _add_fetch_lras(sub) -> None:
+    p = sub.add_parser("fetch-lras", help="what to download for the published LRAS, and verify placed files")
+    p.add_argument("--dest", type=Path, required=True)
+    p.set_defaults(func=lambda a: fetch_lras(a.dest))
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="set a model file's occlusion thresholds from synthetic occlusions")
+    p.add_argument("model", type=Path)
+    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--prior", type=float, default=0.05, help="occluded fraction to calibrate for")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    print(json.dumps(calibrate(args.model, args.pairs, prior=args.prior), indent=1))
+    print(f"thresholds written into {args.model}")
+    return 0

@@ -1,0 +1,88 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy RGB, through cv_bridge.
+
+cv_bridge does the conversions it gets right (8-bit colour and mono to rgb8, decoding compressed
+images, rgb8 images out). Our own code is only what the PyPI cv_bridge gets wrong, each case shown
+by ``test/test_image_msgs.py``: it ignores ``step`` (padded rows come out garbled, silently), has
+no 16-bit to 8-bit conversion (KeyError; and maps 16UC1 to an 8-bit type), fails on the
+``is_bigendian`` flag of 8-bit images under numpy 2 (AttributeError), reports short data as
+"buffer is too small", returns None for undecodable compressed data, and converts compressed
+images as if they were 3-channel BGR. 16-bit images are scaled to 8 bit by the top byte
+(value / 257, rounded), the same for every frame so that brightness stays consistent.
+
+Supported encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1; everything else raises
+``ImageError`` with a message that names the problem and the fix. Works on any object with the
+Image fields (rclpy or rosbags messages); no rclpy import.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+from cv_bridge import CvBridge
+
+ENCODINGS = {  # encoding -> (channels, bytes per channel)
+    "rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1),
+    "mono8": (1, 1), "mono16": (1, 2), "16uc1": (1, 2),
+}
+BRIDGE = CvBridge()
+
+
+class ImageError(ValueError):
+    """An image message that cannot be converted; the message says why and what to do."""
+
+
+def _rows(msg, enc: str) -> np.ndarray:
+    """(H, W*bytes per pixel) uint8 pixel rows without the row padding, after checking the fields."""
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"empty image ({w}x{h}): check the camera driver")
+    ch, bpc = ENCODINGS[enc]
+    if step < w * ch * bpc:
+        raise ImageError(f"image step {step} is smaller than width*bytes per pixel ({w * ch * bpc}) "
+                         f"for {msg.encoding}: the message is malformed")
+    data = msg.data if isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray)) else bytes(msg.data)
+    buf = np.frombuffer(data, np.uint8)
+    if buf.size < h * step:
+        raise ImageError(f"image data has {buf.size} bytes, height*step needs {h * step}: "
+                         f"the message is truncated")
+    return buf[: h * step].reshape(h, step)[:, : w * ch * bpc]
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """(H,W,3) uint8 RGB from a sensor_msgs/Image."""
+    enc = msg.encoding.lower()
+    if enc not in ENCODINGS:
+        raise ImageError(f"unsupported image encoding '{msg.encoding}': publish one of "
+                         f"{', '.join(sorted(ENCODINGS))} (e.g. through image_proc/debayer)")
+    rows = _rows(msg, enc)
+    h, w = rows.shape[0], int(msg.width)
+    if ENCODINGS[enc][1] == 2:
+        px = rows.copy().view(">u2" if msg.is_bigendian else "<u2").reshape(h, w).astype(np.uint32)
+        gray = ((px + 128) // 257).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    packed = SimpleNamespace(height=h, width=w, encoding=enc, is_bigendian=0, data=np.ascontiguousarray(rows))
+    return np.ascontiguousarray(BRIDGE.imgmsg_to_cv2(packed, "rgb8"))
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """(H,W,3) uint8 RGB from a sensor_msgs/CompressedImage (jpeg/png)."""
+    data = bytes(msg.data)
+    if not data:
+        raise ImageError("empty compressed image: check the image_transport publisher")
+    img = BRIDGE.compressed_imgmsg_to_cv2(SimpleNamespace(data=data), "passthrough")
+    if img is None:
+        raise ImageError(f"cannot decode compressed image (format '{msg.format}'): publish jpeg or png")
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+def rgb_to_image(rgb: np.ndarray, header=None):
+    """A sensor_msgs/Image (rgb8) of ``rgb`` (H,W,3) uint8, with ``header`` when given."""
+    msg = BRIDGE.cv2_to_imgmsg(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb8")
+    if header is not None:
+        msg.header = header
+    return msg

@@ -1,1 +1,0 @@
-"""LRAS-family models: tokenizers, predictors, sequence layout and checkpoints (no ROS)."""

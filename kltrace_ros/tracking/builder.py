@@ -1,0 +1,59 @@
+"""One way from user options (CLI flags, node parameters) to an engine and a tracking pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from kltrace_ros.models.registry import load_predictor, resolve_device
+from kltrace_ros.tracing.engine import Engine, TraceConfig
+
+from .pipeline import TrackingPipeline
+from .tracker import TrackerConfig
+
+
+@dataclass(frozen=True)
+class Options:
+    model: str | Path | None = None          # model file; None = the embedded default model
+    quantizer: str | Path | None = None      # LPQ file, with a published LRAS model
+    device: str = "cpu"                      # cpu | cuda | auto
+    method: str = "kl"                       # kl | rgb
+    masks: int | None = None                 # reveal masks per scale (None: the model's default)
+    scales: int | None = None                # zoom scales (None: the model's default)
+    occlusion_threshold: float | None = None  # None or negative: the model's calibration
+    keep_maps: bool = False                  # keep KL maps (heatmaps)
+    num_points: int = 64
+    keypoints: str = "grid"                  # grid | features | topic
+    max_occluded_frames: int = 5
+    frame_gap: int = 1
+
+    def with_(self, **changes) -> "Options":
+        return replace(self, **changes)
+
+
+def trace_config(opts: Options, predictor) -> TraceConfig:
+    """Tracing settings; the occlusion threshold defaults to the model file's calibration for the method."""
+    thr = opts.occlusion_threshold
+    if thr is None or thr < 0:
+        thr = getattr(predictor, "occlusion_threshold", {}).get(opts.method, 0.0)
+    return TraceConfig(method=opts.method, masks=opts.masks, scales=opts.scales, occlusion_threshold=thr,
+                       keep_maps=opts.keep_maps)
+
+
+def tracker_config(opts: Options) -> TrackerConfig:
+    cfg = TrackerConfig(num_points=opts.num_points, source=opts.keypoints, max_occluded_frames=opts.max_occluded_frames)
+    cfg.validate()
+    return cfg
+
+
+def load_engine(opts: Options) -> Engine:
+    """Load the model on the chosen device and set up the engine with ``opts``' tracing settings."""
+    pred = load_predictor(opts.model, resolve_device(opts.device), opts.quantizer)
+    return Engine(pred, trace_config(opts, pred))
+
+
+def build_pipeline(opts: Options, engine: Engine | None = None,
+                   on_reset: Callable[[str], None] | None = None) -> TrackingPipeline:
+    """A pipeline for one camera; ``engine`` (shared by several cameras) is loaded when not given."""
+    engine = engine or load_engine(opts)
+    return TrackingPipeline(engine, tracker_config(opts), trace_config(opts, engine.p), opts.frame_gap, on_reset)
