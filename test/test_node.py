@@ -227,15 +227,14 @@ def test_startup_errors_exit_nonzero_with_the_fix(tmp_path, ros_env, case):
 
 
 def rss_trend_mb_per_min(samples):
-    """Steady-state memory trend of a warmed-up node: slope (MB/min) of the 25th percentile of RSS in four
-    blocks of the run. Percentiles of blocks, not single samples: RSS swings by 50+ MB within a pair as the
-    allocator takes and returns the tracing buffers, while a leak lifts the floor."""
+    """Steady-state memory trend of a warmed-up node: slope (MB/min) of the peak RSS of four consecutive
+    blocks of the run. RSS moves in steps of tens of MB within a pair as the allocator takes and returns the
+    tracing buffers (a slope through single samples swings by +-40 MB/min at random); the per-block peak is
+    what a robot must budget for, and a leak lifts it."""
     t = np.array([s[0] for s in samples])
     r = np.array([s[1] for s in samples])
     blocks = np.array_split(np.arange(len(t)), 4)
-    bt = [t[b].mean() / 60 for b in blocks]
-    br = [np.percentile(r[b], 25) for b in blocks]
-    return float(np.polyfit(bt, br, 1)[0])
+    return float(np.polyfit([t[b].mean() / 60 for b in blocks], [r[b].max() for b in blocks], 1)[0])
 
 
 def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
@@ -266,7 +265,7 @@ def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
             h.spin(max(0.0, t0 + i / 30 - time.monotonic()))  # 30 Hz schedule
             if warm is None and len(h.tracks) >= 5:
                 warm = time.monotonic()
-            if warm is not None and i % 10 == 0:
+            if warm is not None and i % 5 == 0:
                 rss.append((time.monotonic() - warm, rss_mb()))
             assert time.monotonic() - t0 < duration + 120, f"no warm-up: {len(h.tracks)} pairs {node_log(proc)}"
         h.spin(2.0)
@@ -355,4 +354,37 @@ def test_two_cameras_and_every_output(tmp_path, ros_env, big):
         assert f"Foxglove live view on ws://127.0.0.1:{fox_port}" in node_log(proc)
     finally:
         assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_sigint_in_the_middle_of_a_pair_exits_0_promptly(tmp_path, ros_env, big):
+    """Ten times: start the node, let it start tracing a pair, SIGINT: exit code 0 within 2 s, no abort."""
+    import signal
+    import subprocess
+
+    h = Harness(domain_id(ros_env))
+    try:
+        for k in range(10):
+            (tmp_path / f"run{k}").mkdir()
+            proc = start_node(tmp_path / f"run{k}", ros_env, {"num_points": 48, "masks": 4, "scales": 2})
+            assert h.wait_connected(60, proc), node_log(proc)
+            before = len(h.tracks)
+            h.publish(shifted(big, 0, 0))
+            h.spin(0.5)
+            h.publish(shifted(big, 2, 0))
+            h.spin(0.6)                          # a pair takes well over a second with these settings
+            assert len(h.tracks) == before, "the pair finished before the signal: not a mid-pair test"
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise AssertionError(f"run {k}: no exit within 10 s after SIGINT: {node_log(proc)}")
+            took = time.monotonic() - t0
+            log = node_log(proc)
+            assert code == 0 and took < 2.0, f"run {k}: exit {code} after {took:.2f} s: {log}"
+            assert "terminate called" not in log and "Traceback" not in log and "failed" not in log, log
+            h.spin(0.3)
+    finally:
         h.close()

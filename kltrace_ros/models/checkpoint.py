@@ -8,9 +8,11 @@ carry a pickled ``args`` object. We always load with ``weights_only=True``: the
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,39 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The sane range of one cfg value (inclusive)."""
+    lo: float
+    hi: float
+    integer: bool = True
+
+
+def check_cfg(cfg: dict, limits: dict, what: str, path=None) -> None:
+    """Every value of ``cfg`` named in ``limits`` is a finite number in its range, before anything is built.
+
+    A file's cfg is data, not trusted code: a 1 KB file must not make us allocate gigabytes."""
+    where = f"{path}: " if path else ""
+    for key, lim in limits.items():
+        if key not in cfg:
+            continue
+        v = cfg[key]
+        kind = "an integer" if lim.integer else "a number"
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (not lim.integer or float(v).is_integer()) and lim.lo <= v <= lim.hi
+        if not ok:
+            raise CheckpointError(f"{where}cfg['{key}'] = {v!r} must be {kind} in [{lim.lo:g}, {lim.hi:g}]: "
+                                  f"not a usable {what} (a damaged or foreign file?)")
+
+
+def check_budget(nbytes: float, budget: float, what: str, path=None) -> None:
+    """Refuse a cfg whose sizes imply more memory than ``budget`` bytes."""
+    if nbytes > budget:
+        where = f"{path}: " if path else ""
+        raise CheckpointError(f"{where}the cfg implies {nbytes / 2**30:.1f} GiB for the {what}, more than its "
+                              f"{budget / 2**30:.1f} GiB budget: a damaged or foreign file?")
 
 
 class _ArgsPlaceholder:
@@ -104,7 +139,8 @@ def load_state_strict(module: torch.nn.Module, state: dict, path: str | os.PathL
                       dtype: torch.dtype | None = None) -> None:
     """Copy ``state`` into ``module`` (possibly built on the meta device), checking every key and shape.
 
-    Missing, unexpected or mis-shaped keys raise a CheckpointError that names the file and the key.
+    Missing, unexpected or mis-shaped keys and non-finite weights raise a CheckpointError that names the
+    file and the key.
     Floating tensors are cast to ``dtype`` on the way in, so only one copy exists at a time.
     """
     expected = module.state_dict(keep_vars=True)
@@ -120,6 +156,9 @@ def load_state_strict(module: torch.nn.Module, state: dict, path: str | os.PathL
                                   f"the cfg implies {tuple(ref.shape)}; the file and its cfg disagree")
     fixed = {}
     for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"checkpoint {path}: key {k} holds non-finite values (NaN or inf): the weights "
+                                  f"are damaged (a diverged training run?); use an earlier checkpoint or retrain")
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         fixed[k] = v

@@ -12,12 +12,12 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from .lras.predictor import LRASPredictor
-from .motion.network import MotionLRAS
+from .motion.network import MotionLRAS, check_motion_cfg
 from .motion.predictor import MotionPredictor
 
 
 def _motion(cfg: dict, state: dict, path, device, quantizer_path) -> MotionPredictor:
-    model = MotionLRAS(cfg)
+    model = MotionLRAS(check_motion_cfg(cfg, path))
     load_state_strict(model, state, path)
     return MotionPredictor(model, device)
 

@@ -13,6 +13,7 @@ QoS is overridable the ROS way (``qos_overrides.<topic>.subscription.*`` paramet
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -39,6 +41,7 @@ from kltrace_ros.io.image_msgs import ImageError, compressed_to_rgb, image_to_rg
 from kltrace_ros.io.messages import MessageTypes, pair_messages
 from kltrace_ros.models.registry import resolve_device
 from kltrace_ros.msg import FlowArray, Track, TrackArray
+from kltrace_ros.tracing.engine import Cancelled
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config, tracker_config
 
 MESSAGES = MessageTypes(Track=Track, TrackArray=TrackArray, FlowArray=FlowArray, Point32=Point32, Vector3=Vector3,
@@ -148,15 +151,15 @@ class KLTraceNode(Node):
         if p["device"] == "cuda" and self.device.type == "cpu":
             self.get_logger().warning("device 'cuda' requested but CUDA is not available: running on the CPU")
         self.engine = load_engine(options(p).with_(device=str(self.device)))
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()   # shutdown: the worker ends and abandons a pair in progress
         self.view = None
         if p["foxglove_port"] > 0:
             from kltrace_ros.io.foxglove import FoxgloveView  # optional dependency, only when asked for
 
             self.view = FoxgloveView(p["foxglove_port"])
             self.get_logger().info(f"Foxglove live view on ws://127.0.0.1:{self.view.port}")
-        self.commands: queue.SimpleQueue = queue.SimpleQueue()
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
         self.cameras = [self._add_camera(topic, len(p["inputs"]) > 1) for topic in p["inputs"]]
         if p["keypoints"] == "topic":
             self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10)
@@ -179,7 +182,7 @@ class KLTraceNode(Node):
             "overlay": self.create_publisher(Image, prefix + "debug/overlay", 2),
             "markers": self.create_publisher(MarkerArray, prefix + "markers", 2),
         }
-        cam = Camera(topic, build_pipeline(options(self.params), self.engine, on_reset=self._warn_reset), pubs)
+        cam = Camera(topic, build_pipeline(options(self.params), self.engine, self._warn_reset, self.stopping), pubs)
         kind, name = (CompressedImage, topic + "/compressed") if self.params["compressed"] else (Image, topic)
         self.create_subscription(kind, name, lambda m: self._on_image(cam, m), qos_profile_sensor_data,
                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
@@ -217,6 +220,8 @@ class KLTraceNode(Node):
                     continue
                 try:
                     self._process(cam, msg, index)
+                except Cancelled:
+                    return
                 except ImageError as err:
                     self.get_logger().error(f"{cam.topic}: {err}", throttle_duration_sec=5.0)
                 except Exception as err:  # noqa: BLE001 - keep the node alive, say what happened
@@ -318,15 +323,23 @@ class KLTraceNode(Node):
         self.diag_pub.publish(arr)
 
     def shutdown(self) -> None:
+        """Stop the worker: a pair in progress is abandoned at its next predictor call (Cancelled)."""
         self.stopping.set()
         self.wake.set()
-        self.worker.join(timeout=1.0)
+        self.worker.join(timeout=5.0)
+        if self.worker.is_alive():
+            self.get_logger().error("the worker did not stop within 5 s")
         if self.view is not None:
             self.view.close()
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    """Run the node until SIGINT/SIGTERM; then stop the worker (it abandons a pair in progress), and only
+    after it has joined destroy the node and shut the context down: exit 0, within about a second."""
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         node = KLTraceNode()
     except Exception as err:  # noqa: BLE001 - startup errors: say what and how to fix, exit non-zero
@@ -336,8 +349,9 @@ def main(argv=None) -> int:
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
         node.shutdown()

@@ -42,6 +42,10 @@ class TraceConfig:
             raise ValueError(f"method must be 'kl' or 'rgb', got {self.method!r}")
 
 
+class Cancelled(Exception):
+    """``Engine.track`` stopped early because its ``cancel`` event was set (shutdown)."""
+
+
 @dataclass
 class TraceResult:
     points: np.ndarray                 # (N,2) x, y in frame-2 pixels of the caller's image
@@ -91,11 +95,13 @@ class Engine:
 
     # ---------------------------------------------------------------- run
     @torch.no_grad()
-    def track(self, frame1, frame2, queries, config: TraceConfig | None = None) -> TraceResult:
+    def track(self, frame1, frame2, queries, config: TraceConfig | None = None, cancel=None) -> TraceResult:
         """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
-        mixes two configurations within one call."""
+        mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
+        every predictor call; when set, the call raises :class:`Cancelled` (a pair is abandoned within
+        one predictor call, for a prompt shutdown)."""
         cfg = config or self.cfg
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
         h1, w1 = np.shape(frame1)[:2]
@@ -110,7 +116,7 @@ class Engine:
         maps = [None] * len(q)
         for i in range(0, len(q), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl], cfg)
+            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl], cfg, cancel)
             maps[sl] = m
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
@@ -120,7 +126,7 @@ class Engine:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
 
-    def _track_batch(self, img1, img2, qw, cfg: TraceConfig):
+    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None):
         p = self.p
         s, w, patch = p.image_size, p.window, p.patch
         g = w // patch
@@ -150,6 +156,8 @@ class Engine:
             total = torch.zeros(n, g * g)
             count = torch.zeros(1, g * g)
             for _ in range(cfg.masks or getattr(p, "masks", 1)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
                 mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
                 hidden = ~mask.flatten()
                 total[:, hidden] += self._map(src_w, traced, tgt_w, mask, cfg.method).cpu()

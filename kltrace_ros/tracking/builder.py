@@ -52,8 +52,9 @@ def load_engine(opts: Options) -> Engine:
     return Engine(pred, trace_config(opts, pred))
 
 
-def build_pipeline(opts: Options, engine: Engine | None = None,
-                   on_reset: Callable[[str], None] | None = None) -> TrackingPipeline:
+def build_pipeline(opts: Options, engine: Engine | None = None, on_reset: Callable[[str], None] | None = None,
+                   cancel=None) -> TrackingPipeline:
     """A pipeline for one camera; ``engine`` (shared by several cameras) is loaded when not given."""
     engine = engine or load_engine(opts)
-    return TrackingPipeline(engine, tracker_config(opts), trace_config(opts, engine.p), opts.frame_gap, on_reset)
+    return TrackingPipeline(engine, tracker_config(opts), trace_config(opts, engine.p), opts.frame_gap, on_reset,
+                            cancel)

@@ -52,13 +52,14 @@ def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> str | N
 
 class TrackingPipeline:
     def __init__(self, engine: Engine, tracker: TrackerConfig | None = None, trace: TraceConfig | None = None,
-                 frame_gap: int = 1, on_reset: Callable[[str], None] | None = None):
+                 frame_gap: int = 1, on_reset: Callable[[str], None] | None = None, cancel=None):
         self.engine = engine
         self.trace = trace or engine.cfg        # this stream's tracing settings (one engine serves many streams)
         self.tracker = PointTracker(tracker or TrackerConfig())
         self.tracker.config.validate()
         self.frame_gap = frame_gap
         self.on_reset = on_reset
+        self.cancel = cancel                    # threading.Event: set to abandon a pair (engine.Cancelled)
         self.older: Frame | None = None
 
     def reset(self) -> None:
@@ -89,7 +90,7 @@ class TrackingPipeline:
         t0 = time.perf_counter()
         self.tracker.seed(older)
         starts = self.tracker.query_points()
-        res = self.engine.track(older, newer, starts, self.trace)
+        res = self.engine.track(older, newer, starts, self.trace, self.cancel)
         tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2])
         return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
                           time.perf_counter() - t0)

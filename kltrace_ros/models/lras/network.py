@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import CheckpointError, Limit, check_cfg, load_checkpoint, load_state_strict, save_checkpoint
 
 REQUIRED_CFG = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+CFG_LIMITS = {"n_layer": Limit(1, 256), "n_head": Limit(1, 1024), "n_embd": Limit(1, 65536),
+              "vocab_size": Limit(1, 2**22), "block_size": Limit(1, 2**20)}
 
 
 class LayerNorm(nn.Module):
@@ -117,6 +119,7 @@ class LRAS(nn.Module):
         missing = [k for k in REQUIRED_CFG if k not in cfg]
         if missing:
             raise CheckpointError(f"LRAS cfg lacks {missing}")
+        check_cfg(cfg, CFG_LIMITS, "LRAS transformer")
         self.cfg = dict(cfg)
         d, v = int(cfg["n_embd"]), int(cfg["vocab_size"])
         self.transformer = nn.ModuleDict(dict(

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import CheckpointError, Limit, check_budget, check_cfg
 from .tokenizer import CellCode, to_cells
 
 DEFAULT_CFG = {
@@ -46,12 +47,37 @@ DEFAULT_CFG = {
     "masks": 4,            # reveal masks averaged per scale when tracing
 }
 TRACING_KEYS = ("image_size", "tracer_sigma", "first_crop", "shrink", "masks")
+CFG_LIMITS = {
+    "window": Limit(8, 256), "cell": Limit(1, 16), "n_codes": Limit(2, 65536), "n_embd": Limit(1, 1024),
+    "radius": Limit(1, 32), "head_hidden": Limit(1, 4096), "reveal": Limit(0.01, 0.99, False),
+    "image_size": Limit(32, 2048), "tracer_sigma": Limit(0.1, 64, False), "first_crop": Limit(4, 8192),
+    "shrink": Limit(0.05, 1.0, False), "masks": Limit(1, 64),
+}
+MEMORY_BUDGET = 2 * 2**30   # bytes of weights and buffers a small model may need
+
+
+def check_motion_cfg(cfg: dict, path=None) -> dict:
+    """The full cfg (defaults filled in) after checking every value and the memory it implies."""
+    c = {**DEFAULT_CFG, **cfg}
+    check_cfg(c, CFG_LIMITS, "MotionLRAS model", path)
+    if c["window"] % c["cell"]:
+        raise CheckpointError(f"{path or 'cfg'}: window {c['window']} is not a multiple of cell {c['cell']}")
+    thresholds = c.get("occlusion_threshold", {})
+    if not isinstance(thresholds, dict) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in thresholds.values()):
+        raise CheckpointError(f"{path or 'cfg'}: occlusion_threshold must map methods to finite numbers, got "
+                              f"{thresholds!r}; recalibrate with `kltrace calibrate`")
+    grid, d, cd = c["window"] // c["cell"], c["n_embd"], 3 * c["cell"] ** 2
+    floats = (c["n_codes"] * (cd + d + c["head_hidden"]) + (cd + d) * c["head_hidden"] + 3 * d * d
+              + 9 * d * d + grid ** 4 + 2 * grid ** 2 + (2 * c["radius"] + 1) ** 2 * 2)
+    check_budget(4 * floats, MEMORY_BUDGET, "MotionLRAS weights and buffers", path)
+    return c
 
 
 class MotionLRAS(nn.Module):
     def __init__(self, cfg: dict | None = None):
         super().__init__()
-        self.cfg = {**DEFAULT_CFG, **(cfg or {})}
+        self.cfg = check_motion_cfg(cfg or {})   # nothing is allocated before the sizes are checked
         c = self.cfg
         self.grid = c["window"] // c["cell"]
         d = c["n_embd"]
