@@ -23,7 +23,7 @@ setup(
     ],
     # torch is a documented pip dependency (CPU: torch==2.13.0; see README). Exact pins: requirements.txt.
     install_requires=["numpy<2.3", "opencv-python-headless<5", "cv-bridge", "tqdm", "torch", "scikit-image",
-                      "matplotlib", "rosbags", "foxglove-sdk"],
+                      "matplotlib", "rosbags", "foxglove-sdk", "Pillow"],
     entry_points={
         "console_scripts": [
             "kltrace = kltrace_ros.cli:main",

@@ -37,7 +37,7 @@ def add_engine_args(p) -> None:
     p.add_argument("--masks", type=int, default=None, help="reveal masks per scale (default: the model's)")
     p.add_argument("--scales", type=int, default=None, help="zoom scales (default: the model's)")
     p.add_argument("--occlusion-threshold", type=float, default=None,
-                   help="peak score below which a point is occluded (default: the model's calibration)")
+                   help="peak score below which a point is occluded (absent or negative: the model's calibration)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
 
 
@@ -63,7 +63,7 @@ def run_offline(args, job):
     pipe = build_pipeline(options(args), on_reset=lambda reason: print(f"warning: {reason}"))
     view = None
     if args.foxglove is not None:
-        from kltrace_ros.io.foxglove import FoxgloveView  # optional dependency, only for --foxglove
+        from kltrace_ros.io.foxglove import FoxgloveView  # heavy, only for --foxglove
 
         view = FoxgloveView(args.foxglove)
         print(f"Foxglove live view: open ws://127.0.0.1:{view.port} in Foxglove")
@@ -191,7 +191,7 @@ def _add_bag(sub) -> None:
 
 
 def _run_bag(args) -> int:
-    from kltrace_ros.io.bag import process_bag  # optional dependency (rosbags), only for this command
+    from kltrace_ros.io.bag import process_bag  # rosbags: heavy, only for this command
 
     stats = run_offline(args, lambda pipe, view: process_bag(args.input, args.topic, args.out, pipe,
                                                              overlay=not args.no_overlay, view=view))

@@ -16,8 +16,8 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
 from .drawing import Trails, draw_tracks
-from .image_msgs import ImageError, compressed_to_rgb, image_to_rgb
-from .messages import MessageTypes, pair_messages
+from .image_msgs import ImageError, compressed_to_rgb, image_to_rgb, rgb_to_image
+from .messages import MessageTypes, pair_messages, stamp_ns
 
 MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
 OUTPUTS = {"tracks": ("/kltrace/tracks", "kltrace_ros/msg/TrackArray"),
@@ -57,9 +57,11 @@ def _to_rgb(msg, msgtype: str) -> np.ndarray:
 
 
 def _image_msg(ts, header, rgb: np.ndarray):
-    return ts.types["sensor_msgs/msg/Image"](header=header, height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8",
-                                             is_bigendian=0, step=rgb.shape[1] * 3,
-                                             data=np.ascontiguousarray(rgb).reshape(-1))
+    """The rosbags twin of :func:`image_msgs.rgb_to_image` (cv_bridge builds the fields)."""
+    m = rgb_to_image(rgb)
+    return ts.types["sensor_msgs/msg/Image"](header=header, height=m.height, width=m.width, encoding=m.encoding,
+                                             is_bigendian=m.is_bigendian, step=m.step,
+                                             data=np.frombuffer(bytes(m.data), np.uint8))
 
 
 def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None) -> dict:
@@ -87,8 +89,7 @@ def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True
                     print(f"frame at {t}: skipped: {err}")
                     continue
                 stats["frames"] += 1
-                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-                res = pipeline.push(rgb, stamp, stats["frames"])
+                res = pipeline.push(rgb, stamp_ns(msg.header.stamp), stats["frames"])
                 if res is None:
                     continue
                 for key, m in zip(("tracks", "flow"), pair_messages(types, msg.header, res)):

@@ -27,9 +27,6 @@ class Trails:
             trail.append((int(round(t.x)), int(round(t.y))))
             del trail[:-self.length]
 
-    def clear(self) -> None:
-        self.points.clear()
-
 
 def draw_tracks(image: np.ndarray, tracks, trails: Trails | None = None, scale_vectors: float = 3.0) -> np.ndarray:
     """The image with each track's position, motion vector (x ``scale_vectors``) and recent trail

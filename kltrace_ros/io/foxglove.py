@@ -12,8 +12,8 @@ try:
     import foxglove
     from foxglove.channels import RawImageChannel
     from foxglove.messages import RawImage, Timestamp
-except ImportError as err:  # pragma: no cover - installed by make setup
-    raise ImportError("the foxglove-sdk package is missing: pip install foxglove-sdk (make setup installs it)") from err
+except ImportError as err:  # a source checkout without `make setup`
+    raise ImportError("the foxglove-sdk package is missing: run `make setup` (or pip install foxglove-sdk)") from err
 
 
 class FoxgloveView:

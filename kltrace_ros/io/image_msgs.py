@@ -5,27 +5,36 @@ images, rgb8 images out). Our own code is only what the PyPI cv_bridge gets wron
 by ``test/test_image_msgs.py``: it ignores ``step`` (padded rows come out garbled, silently), has
 no 16-bit to 8-bit conversion (KeyError; and maps 16UC1 to an 8-bit type), fails on the
 ``is_bigendian`` flag of 8-bit images under numpy 2 (AttributeError), reports short data as
-"buffer is too small", returns None for undecodable compressed data, and converts compressed
-images as if they were 3-channel BGR. 16-bit images are scaled to 8 bit by the top byte
-(value / 257, rounded), the same for every frame so that brightness stays consistent.
+"buffer is too small" and returns None for undecodable compressed data. Raw 16-bit images are
+scaled to 8 bit by the top byte (value / 257, rounded), the same for every frame so that
+brightness stays consistent; compressed 16-bit images come out of cv_bridge's decoder already in
+8 bit (OpenCV keeps the top byte: at most one level from the raw path) and without alpha.
 
 Supported encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1; everything else raises
 ``ImageError`` with a message that names the problem and the fix. Works on any object with the
 Image fields (rclpy or rosbags messages); no rclpy import.
+
+Size limit: an image with more than ``max_pixels`` pixels is refused before any conversion; for a
+compressed image the size is read from its header (Pillow opens lazily), so a few hundred bytes
+that declare 30000x30000 cost nothing (decompression bombs).
 """
 from __future__ import annotations
 
+import io
+import warnings
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 from cv_bridge import CvBridge
+from PIL import Image as PILImage
 
 ENCODINGS = {  # encoding -> (channels, bytes per channel)
     "rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1),
     "mono8": (1, 1), "mono16": (1, 2), "16uc1": (1, 2),
 }
 BRIDGE = CvBridge()
+MAX_IMAGE_PIXELS = 4096 * 4096     # default limit: generous for real cameras
 
 
 class ImageError(ValueError):
@@ -49,12 +58,20 @@ def _rows(msg, enc: str) -> np.ndarray:
     return buf[: h * step].reshape(h, step)[:, : w * ch * bpc]
 
 
-def image_to_rgb(msg) -> np.ndarray:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image {width}x{height} ({width * height / 1e6:.1f} Mpx) exceeds max_image_pixels="
+                         f"{max_pixels} ({max_pixels / 1e6:.1f} Mpx): refused before decoding; publish a smaller "
+                         f"image (image_proc/resize) or raise max_image_pixels")
+
+
+def image_to_rgb(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H,W,3) uint8 RGB from a sensor_msgs/Image."""
     enc = msg.encoding.lower()
     if enc not in ENCODINGS:
         raise ImageError(f"unsupported image encoding '{msg.encoding}': publish one of "
                          f"{', '.join(sorted(ENCODINGS))} (e.g. through image_proc/debayer)")
+    check_size(int(msg.width), int(msg.height), max_pixels)
     rows = _rows(msg, enc)
     h, w = rows.shape[0], int(msg.width)
     if ENCODINGS[enc][1] == 2:
@@ -65,19 +82,30 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(BRIDGE.imgmsg_to_cv2(packed, "rgb8"))
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
+def compressed_size(data: bytes, max_pixels: int) -> None:
+    """Check the size a compressed image declares in its header, without decoding it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as img:   # reads the header only
+                width, height = img.size
+    except PILImage.DecompressionBombError as err:      # Pillow's own limit, far above ours
+        raise ImageError(f"compressed image declares a huge size ({err}): refused before decoding") from err
+    except Exception:  # noqa: BLE001 - not a format Pillow knows: the decoder below says what is wrong
+        return
+    check_size(width, height, max_pixels)
+
+
+def compressed_to_rgb(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H,W,3) uint8 RGB from a sensor_msgs/CompressedImage (jpeg/png)."""
     data = bytes(msg.data)
     if not data:
         raise ImageError("empty compressed image: check the image_transport publisher")
-    img = BRIDGE.compressed_imgmsg_to_cv2(SimpleNamespace(data=data), "passthrough")
+    compressed_size(data, max_pixels)
+    img = BRIDGE.compressed_imgmsg_to_cv2(SimpleNamespace(data=data), "passthrough")   # 8-bit gray or BGR
     if img is None:
         raise ImageError(f"cannot decode compressed image (format '{msg.format}'): publish jpeg or png")
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
 def rgb_to_image(rgb: np.ndarray, header=None):

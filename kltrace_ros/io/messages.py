@@ -24,6 +24,11 @@ class MessageTypes:
     floats: Callable = list         # float32[] field
 
 
+def stamp_ns(t) -> int:
+    """Nanoseconds of a builtin_interfaces/Time (rclpy or rosbags)."""
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
 def stamp_msg(types: MessageTypes, ns: int):
     sec, nanosec = divmod(int(ns), 10**9)
     return types.Time(sec=sec, nanosec=nanosec)

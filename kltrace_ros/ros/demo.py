@@ -48,7 +48,7 @@ def footage(video: Path | None, frames: int) -> tuple[list, str]:
     return list(read_frames(source, frames, 640)), str(source)
 
 
-class Camera:
+class Player:
     """This process's side: a camera publisher and the recorder of the node's outputs."""
 
     def __init__(self, domain: int, node_proc: subprocess.Popen):
@@ -118,7 +118,7 @@ def run_demo(video: Path | None, frames: int, points: int, out: Path, device: st
     cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/demo_camera/image_raw",
            "-p", f"num_points:={points}", "-p", f"device:={device}", "-p", "heatmap_points:=0"]
     print(f"starting: {' '.join(cmd[1:])}")
-    cam = Camera(domain, subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain))))
+    cam = Player(domain, subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain))))
     try:
         cam.wait_connected()
         print(f"footage: {label} ({len(seq)} frames)")

@@ -38,7 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from kltrace_ros.io.drawing import Trails, draw_tracks, heatmap_image
 from kltrace_ros.io.image_msgs import ImageError, compressed_to_rgb, image_to_rgb, rgb_to_image
-from kltrace_ros.io.messages import MessageTypes, pair_messages
+from kltrace_ros.io.messages import MessageTypes, pair_messages, stamp_ns
 from kltrace_ros.models.registry import resolve_device
 from kltrace_ros.msg import FlowArray, Track, TrackArray
 from kltrace_ros.tracing.engine import Cancelled
@@ -74,6 +74,8 @@ PARAMETERS = {
     "heatmap_points": Param(4, "how many tracks' KL maps ~/debug/heatmap shows", True, (0, 64)),
     "marker_scale": Param(0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True,
                           (1e-9, 1e3)),
+    "max_image_pixels": Param(4096 * 4096, "larger images are refused before decoding (decompression bombs)", True,
+                              (1, 2**28)),
     "foxglove_port": Param(0, "serve overlay and heatmap to Foxglove on ws://127.0.0.1:PORT (0 = off)",
                            range=(0, 65535)),
 }
@@ -96,10 +98,6 @@ def options(params: dict) -> Options:
                    occlusion_threshold=params["occlusion_threshold"], keep_maps=True,
                    num_points=params["num_points"], keypoints=params["keypoints"],
                    max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"])
-
-
-def stamp_ns(t) -> int:
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
 class FrameSlot:
@@ -134,7 +132,8 @@ class Camera:
     slot: FrameSlot = field(default_factory=FrameSlot)
     trails: Trails = field(default_factory=Trails)
     processed: int = 0
-    live_tracks: int = 0
+    errors: int = 0                       # frames that could not be converted or traced
+    resets: int = 0                       # tracks reset by a time jump or a size change
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -156,7 +155,7 @@ class KLTraceNode(Node):
         self.stopping = threading.Event()   # shutdown: the worker ends and abandons a pair in progress
         self.view = None
         if p["foxglove_port"] > 0:
-            from kltrace_ros.io.foxglove import FoxgloveView  # optional dependency, only when asked for
+            from kltrace_ros.io.foxglove import FoxgloveView  # heavy, only when asked for
 
             self.view = FoxgloveView(p["foxglove_port"])
             self.get_logger().info(f"Foxglove live view on ws://127.0.0.1:{self.view.port}")
@@ -182,7 +181,9 @@ class KLTraceNode(Node):
             "overlay": self.create_publisher(Image, prefix + "debug/overlay", 2),
             "markers": self.create_publisher(MarkerArray, prefix + "markers", 2),
         }
-        cam = Camera(topic, build_pipeline(options(self.params), self.engine, self._warn_reset, self.stopping), pubs)
+        cam = Camera(topic, None, pubs)
+        cam.pipeline = build_pipeline(options(self.params), self.engine, lambda reason: self._warn_reset(cam, reason),
+                                      self.stopping)
         kind, name = (CompressedImage, topic + "/compressed") if self.params["compressed"] else (Image, topic)
         self.create_subscription(kind, name, lambda m: self._on_image(cam, m), qos_profile_sensor_data,
                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
@@ -214,19 +215,21 @@ class KLTraceNode(Node):
             self.wake.wait(0.2)
             self.wake.clear()
             for cam in self.cameras:
-                self._apply_commands()
-                msg, index = cam.slot.take()
-                if msg is None or self.stopping.is_set():
-                    continue
                 try:
-                    self._process(cam, msg, index)
+                    self._apply_commands()
+                    msg, index = cam.slot.take()
+                    if msg is not None and not self.stopping.is_set():
+                        self._process(cam, msg, index)
                 except Cancelled:
                     return
                 except ImageError as err:
-                    self.get_logger().error(f"{cam.topic}: {err}", throttle_duration_sec=5.0)
+                    cam.errors += 1
+                    self.get_logger().error(f"{cam.topic}: {err} ({cam.errors} bad frames so far; repeats within "
+                                            f"5 s are not logged)", throttle_duration_sec=5.0)
                 except Exception as err:  # noqa: BLE001 - keep the node alive, say what happened
-                    self.get_logger().error(f"{cam.topic}: tracing failed: {type(err).__name__}: {err}",
-                                            throttle_duration_sec=5.0)
+                    cam.errors += 1
+                    self.get_logger().error(f"{cam.topic}: tracing failed: {type(err).__name__}: {err} "
+                                            f"({cam.errors} failed frames so far)", throttle_duration_sec=5.0)
 
     def _apply_commands(self) -> None:
         while True:
@@ -255,17 +258,18 @@ class KLTraceNode(Node):
             pipe.frame_gap = opts.frame_gap
             del pipe.tracker.tracks[opts.num_points:]
 
-    def _warn_reset(self, reason: str) -> None:
-        self.get_logger().warning(reason)
+    def _warn_reset(self, cam: Camera, reason: str) -> None:
+        cam.resets += 1
+        self.get_logger().warning(f"{cam.topic}: {reason}")
 
     def _process(self, cam: Camera, msg, index: int) -> None:
-        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        limit = self.params["max_image_pixels"]
+        rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
         t_in = time.monotonic()
         res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index)
         if res is None:
             return
         cam.processed += 1
-        cam.live_tracks = len(res.tracks)
         cam.latency_ms.append(1000 * (time.monotonic() - t_in))
         self._publish(cam, msg.header, rgb, res)
 
@@ -317,7 +321,8 @@ class KLTraceNode(Node):
             st.values = [KeyValue(key=k, value=v) for k, v in (
                 ("input_rate_hz", f"{received / up:.2f}"), ("processed_rate_hz", f"{cam.processed / up:.2f}"),
                 ("received", str(received)), ("processed", str(cam.processed)), ("dropped", str(dropped)),
-                ("latency_ms", f"{lat:.1f}"), ("tracks", str(cam.live_tracks)),
+                ("latency_ms", f"{lat:.1f}"), ("tracks", str(len(cam.pipeline.tracker.tracks))),
+                ("errors", str(cam.errors)), ("resets", str(cam.resets)),
                 ("device", str(self.device)), ("model", self.engine.p.name))]
             arr.status.append(st)
         self.diag_pub.publish(arr)

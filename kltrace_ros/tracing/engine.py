@@ -7,13 +7,15 @@ For each query point q in frame 1:
     for each of ``masks`` random reveal masks (the estimate's neighbourhood kept hidden):
       D(patch) = KL(p_clean || p_traced) over the code vocabulary (or the RGB difference);
     average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
-  the new e is that peak, mapped back; visible = peak D >= occlusion threshold.
+  the new e is that peak, mapped back; visible = peak D >= occlusion threshold, e inside frame 2,
+  and (forward-backward check) e traced back into frame 1 lands within fb_threshold of q.
 The clean pass of a (window, mask) is computed once and shared by every point that uses it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,9 @@ class TraceConfig:
                                        # as the estimate sits on a patch corner at the window centre
     zoom_search: float = 0.5           # at refinement scales, search only this central fraction of the window
     occlusion_threshold: float = 0.0   # peak D below this = occluded (0: never)
+    fb_masks: int = 1                  # masks of the backward trace of the visibility check (0: no check)
+    fb_threshold: float = 4.0          # visible only if the point traced back lands within this many working
+                                       # px of the query (forward-backward consistency)
     seed: int = 0
     batch: int = 64                    # query points per predictor call
     keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
@@ -51,6 +56,7 @@ class TraceResult:
     points: np.ndarray                 # (N,2) x, y in frame-2 pixels of the caller's image
     visible: np.ndarray                # (N,) bool
     confidence: np.ndarray             # (N,) peak D of the last scale
+    fb_error: np.ndarray | None = None  # (N,) forward-backward distance (working px) when checked
     maps: list = field(default_factory=list)  # per point: (map (g,g), window box in frame-2 px) if keep_maps
 
 
@@ -69,10 +75,17 @@ class Engine:
 
     # ----------------------------------------------------------- geometry
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution."""
+        """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution.
+
+        A uint8 frame larger than twice the working resolution is first shrunk in uint8 (area
+        average), so that no float copy of a full-resolution camera frame is ever made."""
+        if np.ndim(frame) != 3 or np.shape(frame)[2] != 3 or min(np.shape(frame)[:2]) < 2:
+            raise ValueError(f"expected an (H,W,3) RGB image, got shape {tuple(np.shape(frame))}")
+        s2 = 2 * self.p.image_size
+        if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and max(frame.shape[:2]) > s2:
+            h, w = frame.shape[:2]
+            frame = cv2.resize(frame, (min(w, s2), min(h, s2)), interpolation=cv2.INTER_AREA)
         t = torch.from_numpy(np.array(frame, copy=True)) if not isinstance(frame, torch.Tensor) else frame
-        if t.ndim != 3 or t.shape[2] != 3 or t.shape[0] < 2 or t.shape[1] < 2:
-            raise ValueError(f"expected an (H,W,3) RGB image, got shape {tuple(t.shape)}")
         t = t.float() / 255 if t.dtype == torch.uint8 else t.float()
         s = self.p.image_size
         return F.interpolate(t.permute(2, 0, 1).unsqueeze(0), size=(s, s), mode="bilinear", antialias=True,
@@ -111,20 +124,28 @@ class Engine:
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
         qw = torch.tensor((q + 0.5) * [s / w1, s / h1], dtype=torch.float32)   # continuous working px
-        est = qw.clone()
-        conf = torch.zeros(len(q))
-        maps = [None] * len(q)
-        for i in range(0, len(q), cfg.batch):
-            sl = slice(i, i + cfg.batch)
-            est[sl], conf[sl], m = self._track_batch(img1, img2, qw[sl], cfg, cancel)
-            maps[sl] = m
+        est, conf, maps = self._trace(img1, img2, qw, cfg, cancel)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         vis = (conf.numpy() >= cfg.occlusion_threshold) & inside   # out of view = not visible
         res = TraceResult(pts, vis, conf.numpy())
+        if cfg.fb_masks:  # forward-backward consistency: trace the found points back into frame 1
+            back, _, _ = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks, keep_maps=False), cancel)
+            res.fb_error = (back - qw).norm(dim=1).numpy()
+            res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
+
+    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel):
+        """Estimates (N,2) in working px of ``img_b``, peak scores (N,) and maps of queries ``qw`` of ``img_a``."""
+        est = qw.clone()
+        conf = torch.zeros(len(qw))
+        maps = [None] * len(qw)
+        for i in range(0, len(qw), cfg.batch):
+            sl = slice(i, i + cfg.batch)
+            est[sl], conf[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel)
+        return est, conf, maps
 
     def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None):
         p = self.p
