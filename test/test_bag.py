@@ -50,3 +50,27 @@ def test_bag_in_tracks_out(tmp_path):
     again = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
                             "/nope", "--out", str(tmp_path / "o2.mcap")], capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "/cam/image_raw" in again.stderr
+
+
+def test_bag_errors_are_one_line_and_leave_no_output(tmp_path):
+    ts = typestore()
+    with Writer(tmp_path / "strings", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection("/cam/image_raw", "std_msgs/msg/String", typestore=ts)
+        w.write(c, 10**9, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data="hi"), "std_msgs/msg/String"))
+    big = textured()
+    write_camera_bag(tmp_path / "good", [shifted(big, 2 * i, 0) for i in range(3)])
+    (mcap,) = (tmp_path / "good").glob("*.mcap")
+    truncated = tmp_path / "truncated.mcap"
+    truncated.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    noise = tmp_path / "noise.mcap"
+    noise.write_bytes(np.random.default_rng(0).bytes(4000))
+    cases = [(tmp_path / "strings", "carries std_msgs/msg/String, not sensor_msgs/Image"),
+             (truncated, "truncated.mcap"), (noise, "cannot read"), (tmp_path / "nope", "does not exist")]
+    for src, text in cases:
+        out = tmp_path / "out.mcap"
+        proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(src), "--topic", "/cam/image_raw",
+                               "--out", str(out), "--points", "8", "--masks", "1"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert text in proc.stderr and len(proc.stderr.strip().splitlines()[-1]) > 0, proc.stderr[-2000:]
+        assert not out.exists() and not (tmp_path / "out.partial.mcap").exists(), src

@@ -18,6 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # user errors: one clear line, no traceback
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as err:  # user errors: one clear line
         print(f"kltrace {args.command}: error: {err}", file=sys.stderr)
         return 2

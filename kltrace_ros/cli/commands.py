@@ -5,14 +5,18 @@ Each ``_add_<name>`` declares one sub-command and points it at its ``_run_<name>
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from kltrace_ros import __version__
 from kltrace_ros.eval import bench
 from kltrace_ros.eval.calibrate import calibrate
 from kltrace_ros.eval.run import evaluate, format_table
+from kltrace_ros.io.files import write_json
 from kltrace_ros.io.images import read_frames, read_rgb
 from kltrace_ros.io.video import track_video
 from kltrace_ros.models.lras.published import fetch_lras
@@ -21,6 +25,9 @@ from kltrace_ros.tracing.engine import Engine
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config
 from kltrace_ros.training.export import export_model
 from kltrace_ros.training.loop import train
+
+
+CHUNK = 256   # track-pair: query points per engine call (progress is shown past one chunk)
 
 
 def register(sub) -> None:
@@ -38,6 +45,9 @@ def add_engine_args(p) -> None:
     p.add_argument("--scales", type=int, default=None, help="zoom scales (default: the model's)")
     p.add_argument("--occlusion-threshold", type=float, default=None,
                    help="peak score below which a point is occluded (absent or negative: the model's calibration)")
+    p.add_argument("--fb-threshold", type=float, default=12.0,
+                   help="visible only if the point traced back lands within this many px (at 256) of the query; "
+                        "0: no forward-backward check (half the work)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
 
 
@@ -53,6 +63,7 @@ def options(args, **changes) -> Options:
     """Engine and tracker options from the parsed arguments (those a command has)."""
     opts = Options(model=args.model, quantizer=args.quantizer, device=args.device, method=args.method,
                    masks=args.masks, scales=args.scales, occlusion_threshold=args.occlusion_threshold,
+                   fb_threshold=args.fb_threshold,
                    keep_maps=getattr(args, "foxglove", None) is not None,
                    num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"))
     return opts.with_(**changes)
@@ -118,21 +129,42 @@ def _add_track_pair(sub) -> None:
     p.add_argument("frame2", type=Path)
     p.add_argument("queries", type=Path, help="JSON [[x, y], ...] in FRAME1 pixels")
     p.add_argument("out", type=Path, help='JSON {"points": [[x, y], ...], "visible": [...]}')
+    p.add_argument("--max-points", type=int, default=20000, help="refuse more query points than this")
     add_engine_args(p)
     p.set_defaults(func=_run_track_pair)
 
 
+def read_points(path: Path) -> np.ndarray:
+    """(N,2) finite query points from a JSON file ``[[x, y], ...]``; ValueError names what is wrong."""
+    try:
+        pts = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); expected [[x, y], ...]") from err
+    if not isinstance(pts, list):
+        raise ValueError(f"{path} must hold a list of [x, y] pairs, got {type(pts).__name__}")
+    for i, p in enumerate(pts):
+        ok = isinstance(p, list) and len(p) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+        if not ok:
+            raise ValueError(f"{path}: point {i} is {p!r}; each point must be [x, y] with two finite numbers "
+                             f"(a list of [x, y] pairs)")
+    return np.array(pts, np.float64).reshape(-1, 2)
+
+
 def _run_track_pair(args) -> int:
     f1, f2 = read_rgb(args.frame1), read_rgb(args.frame2)
-    try:
-        queries = json.loads(args.queries.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{args.queries} is not valid JSON ({err}); expected [[x, y], ...]") from err
-    if not isinstance(queries, list) or not all(isinstance(q, (list, tuple)) and len(q) == 2 for q in queries):
-        raise ValueError(f"{args.queries} must hold a list of [x, y] pairs")
-    res = load_engine(options(args)).track(f1, f2, queries)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"points": res.points.tolist(), "visible": res.visible.tolist()}))
+    queries = read_points(args.queries)
+    if len(queries) > args.max_points:
+        raise ValueError(f"{args.queries} holds {len(queries)} points, more than --max-points {args.max_points}: "
+                         f"raise --max-points if you mean it (about 40 ms per point on a CPU)")
+    engine = load_engine(options(args))
+    chunks = range(0, len(queries), CHUNK)
+    results = [engine.track(f1, f2, queries[i:i + CHUNK]) for i in tqdm(
+        chunks, desc="track-pair", unit=f"x{CHUNK} points", disable=len(queries) <= CHUNK)]
+    points = np.concatenate([r.points for r in results]) if results else np.zeros((0, 2))
+    visible = np.concatenate([r.visible for r in results]) if results else np.zeros(0, bool)
+    write_json(args.out, {"points": [[float(v) if np.isfinite(v) else None for v in p] for p in points],
+                          "visible": [bool(v) for v in visible]})
     return 0
 
 

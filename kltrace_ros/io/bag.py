@@ -16,6 +16,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
 from .drawing import Trails, draw_tracks
+from .files import complete_or_absent
 from .image_msgs import ImageError, compressed_to_rgb, image_to_rgb, rgb_to_image
 from .messages import MessageTypes, pair_messages, stamp_ns
 
@@ -64,43 +65,75 @@ def _image_msg(ts, header, rgb: np.ndarray):
                                              data=np.frombuffer(bytes(m.data), np.uint8))
 
 
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def _open(src: Path, ts) -> AnyReader:
+    if not Path(src).exists():
+        raise FileNotFoundError(f"bag {src} does not exist")
+    try:
+        reader = AnyReader([Path(src)], default_typestore=ts)
+        reader.open()
+    except Exception as err:  # noqa: BLE001 - rosbags raises many kinds; the user needs one line
+        raise ValueError(f"cannot read {src} as a rosbag2 (mcap or sqlite3): {type(err).__name__}: {err}") from err
+    return reader
+
+
+def _image_connections(reader, src: Path, topic: str) -> list:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        raise ValueError(f"topic {topic} is not in {src}; topics: {sorted({c.topic for c in reader.connections})}")
+    wrong = sorted({c.msgtype for c in conns} - set(IMAGE_TYPES))
+    if wrong:
+        raise ValueError(f"topic {topic} in {src} carries {', '.join(wrong)}, not sensor_msgs/Image or "
+                         f"CompressedImage: choose an image topic")
+    return conns
+
+
 def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None) -> dict:
-    """Push every image of ``topic`` through ``pipeline`` (a TrackingPipeline); write its messages to ``dst``."""
-    if dst.exists():
-        raise FileExistsError(f"{dst} exists: choose a new output path")
+    """Push every image of ``topic`` through ``pipeline`` (a TrackingPipeline); write its messages to ``dst``
+    (complete or absent: written as ``dst``'s ``.partial`` twin and renamed at the end)."""
     ts = typestore()
+    reader = _open(src, ts)
+    try:
+        conns = _image_connections(reader, src, topic)
+        plugin = StoragePlugin.MCAP if dst.suffix == ".mcap" or str(src).endswith(".mcap") else StoragePlugin.SQLITE3
+        with complete_or_absent(dst, replace=False) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            return _run(reader, conns, writer, ts, pipeline, overlay, view)
+    except Exception as err:  # noqa: BLE001 - a damaged bag midway: one line, no partial output
+        if isinstance(err, (ValueError, FileExistsError, IsADirectoryError)):
+            raise
+        raise ValueError(f"reading {src} failed: {type(err).__name__}: {err}") from err
+    finally:
+        reader.close()
+
+
+def _run(reader, conns, writer, ts, pipeline, overlay: bool, view) -> dict:
     types = message_types(ts)
     stats = {"frames": 0, "pairs": 0, "tracks": 0, "errors": 0}
     trails = Trails()
-    with AnyReader([Path(src)], default_typestore=ts) as reader:
-        conns = [c for c in reader.connections if c.topic == topic]
-        if not conns:
-            raise ValueError(f"topic {topic} is not in {src}; topics: {sorted({c.topic for c in reader.connections})}")
-        plugin = StoragePlugin.MCAP if dst.suffix == ".mcap" or str(src).endswith(".mcap") else StoragePlugin.SQLITE3
-        with Writer(dst, version=9, storage_plugin=plugin) as writer:
-            out = {k: writer.add_connection(name, kind, typestore=ts) for k, (name, kind) in OUTPUTS.items()}
-            for conn, t, raw in tqdm(reader.messages(connections=conns), total=sum(c.msgcount for c in conns),
-                                     desc="bag", unit="frame"):
-                msg = reader.deserialize(raw, conn.msgtype)
-                try:
-                    rgb = _to_rgb(msg, conn.msgtype)
-                except ImageError as err:
-                    stats["errors"] += 1
-                    print(f"frame at {t}: skipped: {err}")
-                    continue
-                stats["frames"] += 1
-                res = pipeline.push(rgb, stamp_ns(msg.header.stamp), stats["frames"])
-                if res is None:
-                    continue
-                for key, m in zip(("tracks", "flow"), pair_messages(types, msg.header, res)):
-                    writer.write(out[key], t, ts.serialize_cdr(m, OUTPUTS[key][1]))
-                if overlay or view is not None:
-                    img = draw_tracks(rgb, res.tracks, trails)
-                    if view is not None:
-                        view.show("overlay", img, msg.header.frame_id)
-                    if overlay:
-                        writer.write(out["overlay"], t, ts.serialize_cdr(_image_msg(ts, msg.header, img),
-                                                                         OUTPUTS["overlay"][1]))
-                stats["pairs"] += 1
-                stats["tracks"] += len(res.tracks)
+    out = {k: writer.add_connection(name, kind, typestore=ts) for k, (name, kind) in OUTPUTS.items()}
+    for conn, t, raw in tqdm(reader.messages(connections=conns), total=sum(c.msgcount for c in conns),
+                             desc="bag", unit="frame"):
+        msg = reader.deserialize(raw, conn.msgtype)
+        try:
+            rgb = _to_rgb(msg, conn.msgtype)
+        except ImageError as err:
+            stats["errors"] += 1
+            print(f"frame at {t}: skipped: {err}")
+            continue
+        stats["frames"] += 1
+        res = pipeline.push(rgb, stamp_ns(msg.header.stamp), stats["frames"])
+        if res is None:
+            continue
+        for key, m in zip(("tracks", "flow"), pair_messages(types, msg.header, res)):
+            writer.write(out[key], t, ts.serialize_cdr(m, OUTPUTS[key][1]))
+        if overlay or view is not None:
+            img = draw_tracks(rgb, res.tracks, trails)
+            if view is not None:
+                view.show("overlay", img, msg.header.frame_id)
+            if overlay:
+                writer.write(out["overlay"], t, ts.serialize_cdr(_image_msg(ts, msg.header, img), OUTPUTS["overlay"][1]))
+        stats["pairs"] += 1
+        stats["tracks"] += len(res.tracks)
     return stats

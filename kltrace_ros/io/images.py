@@ -43,6 +43,8 @@ def _fit(frame: np.ndarray, max_side: int | None) -> np.ndarray:
 
 def _video_frames(path: Path):
     cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path} is not a video OpenCV can read (give a video file or a folder of images)")
     try:
         while True:
             ok, f = cap.read()

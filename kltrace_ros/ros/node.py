@@ -26,10 +26,10 @@ import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Point32, PolygonStamped, Vector3
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
@@ -43,7 +43,9 @@ from kltrace_ros.models.registry import resolve_device
 from kltrace_ros.msg import FlowArray, Track, TrackArray
 from kltrace_ros.tracing.engine import Cancelled
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config, tracker_config
+from kltrace_ros.tracking.pipeline import Reset
 
+SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 MESSAGES = MessageTypes(Track=Track, TrackArray=TrackArray, FlowArray=FlowArray, Point32=Point32, Vector3=Vector3,
                         Time=Time)
 
@@ -71,9 +73,13 @@ PARAMETERS = {
     "scales": Param(0, "zoom scales (0 = the model's default)", True, (0, 8)),
     "occlusion_threshold": Param(-1.0, "peak score below which a point is occluded (negative = the model's "
                                        "calibration)", True, (-1.0, 1e6)),
+    "fb_threshold": Param(12.0, "visible only if the point traced back lands within this many px (at 256) of the "
+                                "query (forward-backward check; 0 = off, half the work)", True, (0.0, 256.0)),
     "heatmap_points": Param(4, "how many tracks' KL maps ~/debug/heatmap shows", True, (0, 64)),
     "marker_scale": Param(0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True,
                           (1e-9, 1e3)),
+    "max_point_passes": Param(4096, "work budget per pair: num_points x scales x masks (x 2 with the fb check); larger "
+                                    "settings are refused with the time they would take", range=(1, 10**7)),
     "max_image_pixels": Param(4096 * 4096, "larger images are refused before decoding (decompression bombs)", True,
                               (1, 2**28)),
     "foxglove_port": Param(0, "serve overlay and heatmap to Foxglove on ws://127.0.0.1:PORT (0 = off)",
@@ -95,7 +101,8 @@ def options(params: dict) -> Options:
     """Engine and tracker options from the node's parameters."""
     return Options(model=params["model_path"] or None, quantizer=params["quantizer_path"] or None,
                    device=params["device"], masks=params["masks"] or None, scales=params["scales"] or None,
-                   occlusion_threshold=params["occlusion_threshold"], keep_maps=True,
+                   occlusion_threshold=params["occlusion_threshold"], fb_threshold=params["fb_threshold"],
+                   keep_maps=True,
                    num_points=params["num_points"], keypoints=params["keypoints"],
                    max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"])
 
@@ -150,6 +157,10 @@ class KLTraceNode(Node):
         if p["device"] == "cuda" and self.device.type == "cpu":
             self.get_logger().warning("device 'cuda' requested but CUDA is not available: running on the CPU")
         self.engine = load_engine(options(p).with_(device=str(self.device)))
+        self.seconds_per_pass = 0.0           # measured by the worker: seconds per point-pass (0: not yet)
+        over = self._over_budget(p)
+        if over:
+            raise ValueError(over)
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.wake = threading.Event()
         self.stopping = threading.Event()   # shutdown: the worker ends and abandons a pair in progress
@@ -162,7 +173,9 @@ class KLTraceNode(Node):
         self.cameras = [self._add_camera(topic, len(p["inputs"]) > 1) for topic in p["inputs"]]
         if p["keypoints"] == "topic":
             self.create_subscription(PolygonStamped, "~/queries", self._on_queries, 10)
-        self.create_service(Trigger, "~/reset", self._on_reset)
+        # keep-all: a burst of calls is queued, never overwritten (each is answered at once, applied by the worker)
+        self.create_service(Trigger, "~/reset", self._on_reset, qos_profile=SERVICE_QOS)
+        self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._on_parameters)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.started = time.monotonic()
@@ -204,6 +217,25 @@ class KLTraceNode(Node):
         response.success, response.message = True, "tracks are cleared before the next pair"
         return response
 
+    def _over_budget(self, params: dict) -> str | None:
+        """Why these parameters would make a pair take too long (or None): the work against max_point_passes."""
+        cfg = trace_config(options(params), self.engine.p)
+        work = self.engine.point_passes(params["num_points"], cfg)
+        if work <= params["max_point_passes"]:
+            return None
+        rate = self.seconds_per_pass
+        estimate = (f"about {work * rate:.0f} s per pair at the {1000 * rate:.1f} ms per point-pass measured here"
+                    if rate else "not measured yet on this machine")
+        return (f"num_points={params['num_points']} with masks={params['masks']} and scales={params['scales']} "
+                f"(0 = the model's) is {work} point-passes per pair, over max_point_passes="
+                f"{params['max_point_passes']} ({estimate}): lower num_points, masks or scales")
+
+    def _check_parameters(self, params) -> SetParametersResult:
+        """Before rclpy applies a change (ranges are checked by the descriptors): the work budget."""
+        new = {**self.params, **{prm.name: prm.value for prm in params if prm.name in PARAMETERS}}
+        reason = self._over_budget(new)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
+
     def _on_parameters(self, params) -> None:
         """After rclpy accepted a change (descriptors checked it): hand it to the worker."""
         self.commands.put(("params", {prm.name: prm.value for prm in params if prm.name in PARAMETERS}))
@@ -243,8 +275,12 @@ class KLTraceNode(Node):
                 self.get_logger().info("tracks cleared by ~/reset")
             elif kind == "queries":
                 for cam in self.cameras:
-                    cam.pipeline.tracker.set_external_queries(value)
-                self.get_logger().info(f"following {len(value)} query points from ~/queries")
+                    older = cam.pipeline.older
+                    n = cam.pipeline.tracker.set_external_queries(value, older.rgb.shape[:2] if older else None)
+                    text = (f"{cam.topic}: following {n['kept']} of {n['given']} query points from ~/queries"
+                            + "".join(f", {n[k]} {k.replace('_', ' ')}" for k in ("non_finite", "outside",
+                                                                               "beyond_num_points") if n[k]))
+                    (self.get_logger().warning if n["kept"] < n["given"] else self.get_logger().info)(text)
             else:
                 self._apply_parameters(value)
 
@@ -258,9 +294,14 @@ class KLTraceNode(Node):
             pipe.frame_gap = opts.frame_gap
             del pipe.tracker.tracks[opts.num_points:]
 
-    def _warn_reset(self, cam: Camera, reason: str) -> None:
+    def _warn_reset(self, cam: Camera, reset: Reset) -> None:
+        """Rate-limited per kind (rclpy throttles per call site), with the running count."""
         cam.resets += 1
-        self.get_logger().warning(f"{cam.topic}: {reason}")
+        text = f"{cam.topic}: {reset} ({cam.resets} resets so far; repeats within 5 s are not logged)"
+        if reset.kind == "time":   # two call sites on purpose: a size change is not hidden by a time jump
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+        else:
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
 
     def _process(self, cam: Camera, msg, index: int) -> None:
         limit = self.params["max_image_pixels"]
@@ -270,6 +311,10 @@ class KLTraceNode(Node):
         if res is None:
             return
         cam.processed += 1
+        passes = self.engine.point_passes(len(res.starts), cam.pipeline.trace)
+        if passes:
+            rate = res.seconds / passes
+            self.seconds_per_pass = rate if not self.seconds_per_pass else 0.8 * self.seconds_per_pass + 0.2 * rate
         cam.latency_ms.append(1000 * (time.monotonic() - t_in))
         self._publish(cam, msg.header, rgb, res)
 

@@ -35,9 +35,9 @@ class TraceConfig:
                                        # as the estimate sits on a patch corner at the window centre
     zoom_search: float = 0.5           # at refinement scales, search only this central fraction of the window
     occlusion_threshold: float = 0.0   # peak D below this = occluded (0: never)
-    fb_masks: int = 1                  # masks of the backward trace of the visibility check (0: no check)
-    fb_threshold: float = 4.0          # visible only if the point traced back lands within this many working
-                                       # px of the query (forward-backward consistency)
+    fb_threshold: float = 12.0         # visible only if the found point traced back into frame 1 lands within this
+                                       # many working px of the query (forward-backward consistency; 0: no check)
+    fb_masks: int | None = None        # masks of that backward trace (None: as many as forward)
     seed: int = 0
     batch: int = 64                    # query points per predictor call
     keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
@@ -72,6 +72,12 @@ class Engine:
     def __init__(self, predictor: Predictor, config: TraceConfig | None = None):
         self.p = predictor
         self.cfg = config or TraceConfig()
+
+    def point_passes(self, n_points: int, config: TraceConfig | None = None) -> int:
+        """The work of one pair in point x mask x scale units (the backward visibility check included)."""
+        cfg = config or self.cfg
+        scales, masks = cfg.scales or default_scales(self.p), cfg.masks or self.p.masks
+        return n_points * scales * (masks + ((cfg.fb_masks or masks) if cfg.fb_threshold > 0 else 0))
 
     # ----------------------------------------------------------- geometry
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -129,8 +135,9 @@ class Engine:
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         vis = (conf.numpy() >= cfg.occlusion_threshold) & inside   # out of view = not visible
         res = TraceResult(pts, vis, conf.numpy())
-        if cfg.fb_masks:  # forward-backward consistency: trace the found points back into frame 1
-            back, _, _ = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks, keep_maps=False), cancel)
+        if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
+            back, _, _ = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks or cfg.masks, keep_maps=False),
+                                     cancel)
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:

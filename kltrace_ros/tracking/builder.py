@@ -8,7 +8,7 @@ from typing import Callable
 from kltrace_ros.models.registry import load_predictor, resolve_device
 from kltrace_ros.tracing.engine import Engine, TraceConfig
 
-from .pipeline import TrackingPipeline
+from .pipeline import Reset, TrackingPipeline
 from .tracker import TrackerConfig
 
 
@@ -21,6 +21,7 @@ class Options:
     masks: int | None = None                 # reveal masks per scale (None: the model's default)
     scales: int | None = None                # zoom scales (None: the model's default)
     occlusion_threshold: float | None = None  # None or negative: the model's calibration
+    fb_threshold: float = 12.0               # forward-backward visibility check (working px; 0: off)
     keep_maps: bool = False                  # keep KL maps (heatmaps)
     num_points: int = 64
     keypoints: str = "grid"                  # grid | features | topic
@@ -37,7 +38,7 @@ def trace_config(opts: Options, predictor) -> TraceConfig:
     if thr is None or thr < 0:
         thr = getattr(predictor, "occlusion_threshold", {}).get(opts.method, 0.0)
     return TraceConfig(method=opts.method, masks=opts.masks, scales=opts.scales, occlusion_threshold=thr,
-                       keep_maps=opts.keep_maps)
+                       fb_threshold=opts.fb_threshold, keep_maps=opts.keep_maps)
 
 
 def tracker_config(opts: Options) -> TrackerConfig:
@@ -52,7 +53,7 @@ def load_engine(opts: Options) -> Engine:
     return Engine(pred, trace_config(opts, pred))
 
 
-def build_pipeline(opts: Options, engine: Engine | None = None, on_reset: Callable[[str], None] | None = None,
+def build_pipeline(opts: Options, engine: Engine | None = None, on_reset: Callable[[Reset], None] | None = None,
                    cancel=None) -> TrackingPipeline:
     """A pipeline for one camera; ``engine`` (shared by several cameras) is loaded when not given."""
     engine = engine or load_engine(opts)

@@ -38,21 +38,31 @@ class PairResult:
     newer_stamp_ns: int = 0
 
 
-def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> str | None:
+@dataclass(frozen=True)
+class Reset:
+    kind: str                    # "time" (stamp went back) | "size" (image size changed)
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> Reset | None:
     """Why the tracks cannot continue from ``older`` to this frame, or None."""
     if older is None:
         return None
     if stamp_ns < older.stamp_ns:
-        return f"time jumped back ({older.stamp_ns - stamp_ns} ns): tracks reset (bag loop or simulation reset?)"
+        return Reset("time", f"time jumped back ({older.stamp_ns - stamp_ns} ns): tracks reset "
+                             f"(bag loop or simulation reset?)")
     if older.rgb.shape != rgb.shape:
         (h0, w0), (h1, w1) = older.rgb.shape[:2], rgb.shape[:2]
-        return f"image size changed {w0}x{h0} -> {w1}x{h1}: tracks reset"
+        return Reset("size", f"image size changed {w0}x{h0} -> {w1}x{h1}: tracks reset")
     return None
 
 
 class TrackingPipeline:
     def __init__(self, engine: Engine, tracker: TrackerConfig | None = None, trace: TraceConfig | None = None,
-                 frame_gap: int = 1, on_reset: Callable[[str], None] | None = None, cancel=None):
+                 frame_gap: int = 1, on_reset: Callable[[Reset], None] | None = None, cancel=None):
         self.engine = engine
         self.trace = trace or engine.cfg        # this stream's tracing settings (one engine serves many streams)
         self.tracker = PointTracker(tracker or TrackerConfig())

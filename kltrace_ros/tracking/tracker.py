@@ -30,6 +30,13 @@ class Track:
     occluded_for: int = 0
 
 
+def inside_image(points: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(N,) bool: (N,2) pixel positions on an (h, w) image (pixel i spans [i - 0.5, i + 0.5], as the engine's
+    out-of-view test), so the edge pixels (0, 0) and (w - 1, h - 1) are inside."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    return (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
+
+
 TRACK_FIELDS = ("id", "x", "y", "vx", "vy", "visible", "confidence", "age")   # what outputs carry of a track
 
 
@@ -65,10 +72,21 @@ class PointTracker:
     def reset(self) -> None:
         self.tracks = []
 
-    def set_external_queries(self, points) -> None:
-        """Points (N,2) to follow when ``source == 'topic'``; they replace the current tracks."""
-        self.external = np.asarray(points, np.float64).reshape(-1, 2)
+    def set_external_queries(self, points, image_size=None) -> dict:
+        """Points (N,2) to follow when ``source == 'topic'``; they replace the current tracks.
+
+        Returns what was kept and why the rest was not: non-finite, outside the image (when its
+        ``image_size`` (H, W) is known) or beyond ``num_points``."""
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        finite = np.isfinite(pts).all(1)
+        inside = finite.copy()
+        if image_size is not None:
+            inside &= inside_image(pts, *image_size)
+        kept = pts[inside][: self.config.num_points]
+        self.external = kept
         self.tracks = []
+        return {"given": len(pts), "kept": len(kept), "non_finite": int((~finite).sum()),
+                "outside": int((finite & ~inside).sum()), "beyond_num_points": int(inside.sum()) - len(kept)}
 
     def query_points(self) -> np.ndarray:
         return np.array([[t.x, t.y] for t in self.tracks], np.float64).reshape(-1, 2)
@@ -94,8 +112,7 @@ class PointTracker:
             ys = (np.arange(m) + 0.5) * (h - 2 * cfg.border) / m + cfg.border - 0.5
             cand = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
         if len(cand):
-            inside = (cand[:, 0] >= 0) & (cand[:, 0] <= w - 1) & (cand[:, 1] >= 0) & (cand[:, 1] <= h - 1)
-            cand = cand[inside]
+            cand = cand[inside_image(cand, h, w)]
         live = self.query_points()
         for p in cand:
             if need <= 0:
@@ -111,8 +128,8 @@ class PointTracker:
         """Apply tracing results (aligned with :meth:`query_points`) for a pair with the newer image of (H, W)."""
         h, w = image_size
         kept = []
-        for t, p, v, c in zip(self.tracks, np.asarray(points).reshape(-1, 2), visible, confidence):
-            inside = 0 <= p[0] <= w - 1 and 0 <= p[1] <= h - 1
+        points = np.asarray(points).reshape(-1, 2)
+        for t, p, inside, v, c in zip(self.tracks, points, inside_image(points, h, w), visible, confidence):
             if not inside:
                 continue
             t.age += 1
