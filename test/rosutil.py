@@ -56,6 +56,22 @@ def node_log(proc) -> str:
     return proc.log_path.read_text()
 
 
+def wait_log(proc, text, timeout=20.0) -> bool:
+    """Wait until the node's log holds ``text``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in node_log(proc):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def rss_mb(proc) -> float:
+    """Resident memory of the node process (MB)."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def stop_node(proc, timeout=5.0) -> float:
     """SIGINT, wait; returns the seconds it took (kills it if it does not stop)."""
     t0 = time.monotonic()

@@ -14,7 +14,8 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rosutil import Harness, domain_id, node_log, shifted, start_node, stop_node, textured  # noqa: E402
+from rosutil import (Harness, domain_id, node_log, rss_mb, shifted, start_node, stop_node, textured,  # noqa: E402
+                     wait_log)
 
 
 @pytest.fixture
@@ -34,15 +35,6 @@ def feed(h, proc, frames, prime=False, timeout=60.0, **kw):
             h.spin(0.5)
         elif not h.wait_for(lambda: len(h.tracks) > before, timeout, proc):
             raise AssertionError(f"no tracks after a frame: {node_log(proc)}")
-
-
-def wait_log(proc, text, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in node_log(proc):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_tracks_follow_a_translating_image(tmp_path, ros_env, big):
@@ -252,10 +244,6 @@ def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
     h.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     rss = []
 
-    def rss_mb():
-        with open(f"/proc/{proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
     try:
         assert h.wait_connected(60, proc), node_log(proc)
         t0 = time.monotonic()
@@ -269,7 +257,7 @@ def test_soak_fast_camera_slow_inference(tmp_path, ros_env, big):
             if warm is None and len(h.tracks) >= 5:
                 warm = time.monotonic()
             if warm is not None and i % 5 == 0:
-                rss.append((time.monotonic() - warm, rss_mb()))
+                rss.append((time.monotonic() - warm, rss_mb(proc)))
             assert time.monotonic() - t0 < duration + 120, f"no warm-up: {len(h.tracks)} pairs {node_log(proc)}"
         h.spin(2.0)
         vals = {kv.key: kv.value for kv in diags[-1].status[0].values}

@@ -14,12 +14,8 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rosutil import Harness, domain_id, node_log, shifted, start_node, stop_node, textured  # noqa: E402
-
-
-def rss_mb(proc) -> float:
-    with open(f"/proc/{proc.pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+from rosutil import (Harness, domain_id, node_log, rss_mb, shifted, start_node, stop_node, textured,  # noqa: E402
+                     wait_log)
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -30,15 +26,6 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     i = b.index(b"\xff\xc0")
     b[i + 5:i + 7], b[i + 7:i + 9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
     return bytes(b)
-
-
-def wait_log(proc, text, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in node_log(proc):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def png(img):
