@@ -93,3 +93,22 @@ def test_train_runs_from_scratch_and_resumes(tmp_path):
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     assert isinstance(load_predictor(tmp_path / "shipped.pt"), MotionPredictor)
+
+
+def test_gross_failures_are_not_reported_visible():
+    """A 64 px jump (beyond the model's reach) makes tracing fail: the forward-backward check must flag the
+    failures, and keep small-motion points visible."""
+    img = cv2.resize(skdata.chelsea(), (320, 240), interpolation=cv2.INTER_AREA)
+    q = np.random.default_rng(1).uniform([60, 50], [260, 190], (24, 2))
+    eng = Engine(load_predictor(), TraceConfig())
+    for d, kind in (((2.5, -1.5), "small"), ((80.0, 0.0), "large")):
+        f2 = cv2.warpAffine(img, np.float32([[1, 0, d[0]], [0, 1, d[1]]]), (320, 240), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT)
+        res = eng.track(img, f2, q)
+        err = np.linalg.norm(res.points - (q + d), axis=1)
+        if kind == "small":
+            assert res.visible.mean() >= 0.85 and np.median(err[res.visible]) < 1.0, (res.visible, err)
+        else:
+            wrong = err > 16
+            assert wrong.sum() >= 12, err                                   # the jump is beyond the model's reach
+            assert res.visible[wrong].mean() <= 0.25, (res.visible[wrong], res.fb_error[wrong])

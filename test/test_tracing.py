@@ -92,3 +92,7 @@ def test_no_queries_and_bad_images():
         Engine(AnalyticShiftPredictor()).track(f1[..., 0], f2, [[1, 1]])
     with pytest.raises(ValueError, match="method must be"):
         Engine(AnalyticShiftPredictor(), TraceConfig(method="sift"))
+    for bad in ({"occlusion_threshold": float("inf")}, {"occlusion_threshold": float("nan")},
+                {"fb_threshold": -1.0}, {"masks": 0}, {"scales": 1000}, {"masks": 2.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TraceConfig(**bad)

@@ -250,8 +250,8 @@ def _run_demo(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed and memory: lras (transformer) or tracing (points/s)")
-    p.add_argument("what", choices=("lras", "tracing"))
+    p = sub.add_parser("bench", help="measure: lras (transformer), tracing (points/s), node (a soak under a camera)")
+    p.add_argument("what", choices=("lras", "tracing", "node"))
     p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny", help="lras: random model size")
     p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
     p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
@@ -261,12 +261,23 @@ def _add_bench(sub) -> None:
     p.add_argument("--masks", type=int, default=None)
     p.add_argument("--scales", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--minutes", type=float, default=10.0, help="node: soak duration after warm-up")
+    p.add_argument("--frame-size", default="640x480", help="node: camera frames WxH")
+    p.add_argument("--rate", type=float, default=30.0, help="node: camera rate (Hz)")
+    p.add_argument("--out", type=Path, default=Path("out/soak"), help="node: soak.json, soak.png, node.log")
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args) -> int:
     dev = str(resolve_device(args.device))
-    if args.what == "lras":
+    if args.what == "node":
+        from kltrace_ros.ros.soak import run_soak  # the ROS layer (rclpy), only for this benchmark
+
+        w, h = (int(v) for v in args.frame_size.lower().split("x"))
+        params = {"num_points": args.points, "device": dev, "heatmap_points": 4}
+        params.update({k: v for k, v in (("masks", args.masks), ("scales", args.scales)) if v})
+        res = run_soak(args.minutes, (w, h), args.rate, params, args.out)
+    elif args.what == "lras":
         res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
     else:
         res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)

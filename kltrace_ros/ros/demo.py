@@ -28,6 +28,8 @@ from kltrace_ros.io.video import VideoWriter
 from kltrace_ros.msg import TrackArray
 from kltrace_ros.tracking.tracker import track_record
 
+from .transport import ENV, with_large_images
+
 FOOTAGE = [Path("../shared/data/video/tree.avi"), Path("../shared/data/video/davis-demo")]
 
 
@@ -118,7 +120,10 @@ def run_demo(video: Path | None, frames: int, points: int, out: Path, device: st
     cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/demo_camera/image_raw",
            "-p", f"num_points:={points}", "-p", f"device:={device}", "-p", "heatmap_points:=0"]
     print(f"starting: {' '.join(cmd[1:])}")
-    cam = Player(domain, subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain))))
+    env = with_large_images(dict(os.environ, ROS_DOMAIN_ID=str(domain)))   # both processes: full-size frames
+    if ENV in env:
+        os.environ[ENV] = env[ENV]
+    cam = Player(domain, subprocess.Popen(cmd, env=env))
     try:
         cam.wait_connected()
         print(f"footage: {label} ({len(seq)} frames)")

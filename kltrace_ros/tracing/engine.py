@@ -13,6 +13,7 @@ The clean pass of a (window, mask) is computed once and shared by every point th
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -38,6 +39,8 @@ class TraceConfig:
     fb_threshold: float = 12.0         # visible only if the found point traced back into frame 1 lands within this
                                        # many working px of the query (forward-backward consistency; 0: no check)
     fb_masks: int | None = None        # masks of that backward trace (None: as many as forward)
+    min_sharpness: float | None = None  # visible only if the last map's peak is this many times its mean
+                                       # (None: the predictor's calibration, 0: no test)
     seed: int = 0
     batch: int = 64                    # query points per predictor call
     keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
@@ -45,6 +48,16 @@ class TraceConfig:
     def __post_init__(self):
         if self.method not in ("kl", "rgb"):
             raise ValueError(f"method must be 'kl' or 'rgb', got {self.method!r}")
+        for name in ("masks", "scales", "fb_masks"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int) and 1 <= v <= 64):
+                raise ValueError(f"{name} must be a whole number in [1, 64] (or the model's default), got {v!r}")
+        for name in ("occlusion_threshold", "fb_threshold", "min_sharpness"):
+            v = getattr(self, name)
+            if v is None and name == "min_sharpness":   # the predictor's calibration
+                continue
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 class Cancelled(Exception):
@@ -57,6 +70,7 @@ class TraceResult:
     visible: np.ndarray                # (N,) bool
     confidence: np.ndarray             # (N,) peak D of the last scale
     fb_error: np.ndarray | None = None  # (N,) forward-backward distance (working px) when checked
+    sharpness: np.ndarray | None = None  # (N,) peak / mean of the last scale's averaged map
     maps: list = field(default_factory=list)  # per point: (map (g,g), window box in frame-2 px) if keep_maps
 
 
@@ -130,14 +144,16 @@ class Engine:
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
         qw = torch.tensor((q + 0.5) * [s / w1, s / h1], dtype=torch.float32)   # continuous working px
-        est, conf, maps = self._trace(img1, img2, qw, cfg, cancel)
+        est, conf, sharp, maps = self._trace(img1, img2, qw, cfg, cancel)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
-        vis = (conf.numpy() >= cfg.occlusion_threshold) & inside   # out of view = not visible
-        res = TraceResult(pts, vis, conf.numpy())
+        min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
+        # visible: a strong peak, a peak that stands out of its map (the tracer was found), and in view
+        vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
+        res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
-            back, _, _ = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks or cfg.masks, keep_maps=False),
-                                     cancel)
+            back = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks or cfg.masks, keep_maps=False),
+                               cancel)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
@@ -145,14 +161,15 @@ class Engine:
         return res
 
     def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel):
-        """Estimates (N,2) in working px of ``img_b``, peak scores (N,) and maps of queries ``qw`` of ``img_a``."""
+        """Estimates (N,2) in working px of ``img_b``, peak scores (N,), peak sharpness (N,) and maps of queries
+        ``qw`` of ``img_a``."""
         est = qw.clone()
-        conf = torch.zeros(len(qw))
+        conf, sharp = torch.zeros(len(qw)), torch.zeros(len(qw))
         maps = [None] * len(qw)
         for i in range(0, len(qw), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            est[sl], conf[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel)
-        return est, conf, maps
+            est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel)
+        return est, conf, sharp, maps
 
     def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None):
         p = self.p
@@ -196,12 +213,13 @@ class Engine:
             if not whole and k > 0 and cfg.zoom_search < 1:  # refine near the previous estimate only
                 search = torch.where(central_region(g, cfg.zoom_search), d, torch.zeros_like(d))
             pos, peak = refine_peak(search)
+            sharp = d.amax((1, 2)) / (d.mean((1, 2)) + 1e-9)
             est = (pos * patch - w / 2) / scale + tgt_c
             if cfg.keep_maps:
                 box = torch.cat([tgt_c - crop_k / 2, tgt_c + crop_k / 2], 1).numpy()
                 maps = [(d[i].numpy(), box[i]) for i in range(n)]
             crop *= shrink
-        return est, peak, maps
+        return est, peak, sharp, maps
 
     def _map(self, src_w, traced, tgt_w, mask, method: str):
         """Per-point maps (B, M) over hidden patches: KL or RGB difference."""

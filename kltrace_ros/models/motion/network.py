@@ -51,7 +51,7 @@ CFG_LIMITS = {
     "window": Limit(8, 256), "cell": Limit(1, 16), "n_codes": Limit(2, 65536), "n_embd": Limit(1, 1024),
     "radius": Limit(1, 32), "head_hidden": Limit(1, 4096), "reveal": Limit(0.01, 0.99, False),
     "image_size": Limit(32, 2048), "tracer_sigma": Limit(0.1, 64, False), "first_crop": Limit(4, 8192),
-    "shrink": Limit(0.05, 1.0, False), "masks": Limit(1, 64),
+    "shrink": Limit(0.05, 1.0, False), "masks": Limit(1, 64), "min_sharpness": Limit(0, 1e6, False),
 }
 MEMORY_BUDGET = 2 * 2**30   # bytes of weights and buffers a small model may need
 

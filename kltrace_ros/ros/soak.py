@@ -1,0 +1,226 @@
+"""`kltrace bench node`: the node as a process under a camera that never waits, for minutes.
+
+A publisher process (this one) pans a window over a large real photo at ``rate`` Hz: smooth motion
+(``speed`` px/s at most) with a jump of ``jump`` px every ``jump_every`` seconds (large-motion pairs). It subscribes to the
+node's tracks, overlay and heatmap (so every output is produced), samples the node's memory every
+second, and at the end sends SIGINT. Reported: frames published/received/processed/dropped,
+latency (frame publish -> its tracks), accuracy of the pairs the node chose (true motion from the
+stamps), what the node says about large-motion pairs (visible fraction, error of visible tracks),
+RSS of the first and last minute, steady-state RSS trend, exit code and time on SIGINT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from tqdm import tqdm
+
+from kltrace_ros.io.image_msgs import rgb_to_image
+from kltrace_ros.io.images import skimage_photo
+from kltrace_ros.io.messages import stamp_ns
+from kltrace_ros.msg import TrackArray
+
+from .transport import ENV, with_large_images
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def rss_trend_mb_per_min(samples: list) -> float:
+    """Slope (MB/min) of the peak RSS of four consecutive blocks of (seconds, MB) samples: RSS moves in steps
+    of tens of MB within a pair as the allocator takes and returns the tracing buffers, so single samples
+    swing at random; the per-block peak is what a robot budgets for, and a leak lifts it."""
+    t = np.array([s[0] for s in samples])
+    r = np.array([s[1] for s in samples])
+    blocks = np.array_split(np.arange(len(t)), 4)
+    return float(np.polyfit([t[b].mean() / 60 for b in blocks], [r[b].max() for b in blocks], 1)[0])
+
+
+class Pan:
+    """Window (w, h) over a large photo: offset of frame i (px), a smooth pan of at most ``speed`` px/s with a
+    jump of ``jump`` px every ``jump_every`` s (0: none)."""
+
+    def __init__(self, w: int, h: int, rate: float, speed: float, jump: float, jump_every: float):
+        self.w, self.h, self.rate, self.speed, self.jump, self.jump_every = w, h, rate, speed, jump, jump_every
+        canvas = skimage_photo("astronaut.png")
+        self.canvas = cv2.resize(canvas, (w + 400, h + 300), interpolation=cv2.INTER_CUBIC)
+
+    def offset(self, i: int) -> np.ndarray:
+        t = i / self.rate
+        jumps = self.jump * ((t // self.jump_every) % 2) if self.jump_every else 0.0
+        x = 200 + self.speed * 17 / (2 * np.pi) * np.sin(2 * np.pi * t / 17) + jumps
+        y = 150 + 0.5 * self.speed * 11 / (2 * np.pi) * np.sin(2 * np.pi * t / 11)
+        return np.array([x, y])
+
+    def frame(self, i: int) -> np.ndarray:
+        ox, oy = self.offset(i)
+        m = np.float32([[1, 0, -ox], [0, 1, -oy]])
+        return cv2.warpAffine(self.canvas, m, (self.w, self.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+@dataclass
+class Recorder:
+    tracks: list = field(default_factory=list)
+    received_at: dict = field(default_factory=dict)     # stamp ns -> monotonic time the tracks arrived
+    diags: list = field(default_factory=list)
+    images: int = 0
+
+
+def start_node(params: dict, env: dict, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/soak_camera/image_raw"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, float]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=30), time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(), float("inf")
+
+
+def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0, params: dict | None = None,
+             out: Path | None = None, speed: float = 20.0, jump: float = 70.0, jump_every: float = 5.0,
+             warmup_pairs: int = 5) -> dict:
+    """Run the node for ``minutes`` after ``warmup_pairs`` traced pairs; returns the report (and writes
+    ``out/soak.json``, ``out/soak.png`` and ``out/node.log``)."""
+    out = Path(out or "out/soak")
+    out.mkdir(parents=True, exist_ok=True)
+    domain = 150 + os.getpid() % 50
+    env = with_large_images(dict(os.environ, ROS_DOMAIN_ID=str(domain)))
+    if ENV in env:
+        os.environ[ENV] = env[ENV]
+    proc = start_node(params or {}, env, out / "node.log")
+    pan = Pan(*size, rate, speed, jump, jump_every)
+    rec = Recorder()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = rclpy.create_node("kltrace_soak_camera", context=ctx)
+    executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    pub = node.create_publisher(Image, "/soak_camera/image_raw", qos_profile_sensor_data)
+
+    def on_tracks(m):
+        rec.tracks.append(m)
+        rec.received_at[stamp_ns(m.header.stamp)] = time.monotonic()
+
+    node.create_subscription(TrackArray, "/kltrace/tracks", on_tracks, 50)
+    node.create_subscription(Image, "/kltrace/debug/overlay", lambda m: setattr(rec, "images", rec.images + 1), 5)
+    node.create_subscription(Image, "/kltrace/debug/heatmap", lambda m: setattr(rec, "images", rec.images + 1), 5)
+    node.create_subscription(DiagnosticArray, "/diagnostics", rec.diags.append, 10)
+    published: dict = {}                               # stamp ns -> (frame index, monotonic publish time)
+    rss: list = []
+    try:
+        end = time.monotonic() + 120
+        while pub.get_subscription_count() == 0 and time.monotonic() < end:
+            if proc.poll() is not None:
+                raise RuntimeError(f"kltrace_node exited with {proc.returncode}: see {out / 'node.log'}")
+            executor.spin_once(timeout_sec=0.1)
+        base, t0, i, warm = time.time_ns(), time.monotonic(), 0, None
+        bar = tqdm(total=int(minutes * 60), desc="soak", unit="s")
+        while warm is None or time.monotonic() - warm < minutes * 60:
+            stamp = base + i * int(1e9 / rate)
+            msg = rgb_to_image(pan.frame(i))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+            msg.header.frame_id = "soak_camera"
+            pub.publish(msg)
+            published[stamp] = (i, time.monotonic())
+            i += 1
+            while time.monotonic() < t0 + i / rate:
+                executor.spin_once(timeout_sec=max(0.0, t0 + i / rate - time.monotonic()))
+            if warm is None and len(rec.tracks) >= warmup_pairs:
+                warm = time.monotonic()
+            if warm is not None and i % int(rate) == 0:
+                rss.append((time.monotonic() - warm, rss_mb(proc.pid)))
+                bar.update(int(time.monotonic() - warm) - bar.n)
+            if proc.poll() is not None:
+                raise RuntimeError(f"kltrace_node exited with {proc.returncode}: see {out / 'node.log'}")
+        bar.close()
+        for _ in range(40):
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        code, took = stop(proc)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    report = summarise(rec, published, pan, rss, size, rate, minutes, code, took)
+    (out / "soak.json").write_text(json.dumps(report, indent=1))
+    plot(rss, rec, published, out / "soak.png")
+    return report
+
+
+def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, size, rate, minutes, code, took) -> dict:
+    small, large_vis, large_err, latency = [], [], [], []
+    for m in rec.tracks:
+        new, old = stamp_ns(m.header.stamp), stamp_ns(m.previous_stamp)
+        if new not in published or old not in published:
+            continue
+        true = -(pan.offset(published[new][0]) - pan.offset(published[old][0]))   # content motion in the frame
+        latency.append(1000 * (rec.received_at[new] - published[new][1]))
+        vis = np.array([[t.vx, t.vy] for t in m.tracks if t.visible]).reshape(-1, 2)   # px over the traced pair
+        err = np.linalg.norm(vis - true, axis=1) if len(vis) else np.zeros(0)
+        if np.linalg.norm(true) >= 60:
+            large_vis.append(len(vis) / max(len(m.tracks), 1))
+            large_err.extend(err.tolist())
+        elif np.linalg.norm(true) < 16 and len(err):
+            small.append(float(np.median(err)))
+    diag = {kv.key: kv.value for kv in rec.diags[-1].status[0].values} if rec.diags else {}
+    first = [r for t, r in rss if t < 60]
+    last = [r for t, r in rss if t >= rss[-1][0] - 60] if rss else []
+    return {
+        "machine": f"{os.cpu_count()} cores", "size": f"{size[0]}x{size[1]}", "rate_hz": rate, "minutes": minutes,
+        "published": len(published), "received": int(diag.get("received", 0)),
+        "processed": int(diag.get("processed", 0)), "dropped": int(diag.get("dropped", 0)),
+        "overlay_and_heatmap_images": rec.images,
+        "latency_ms_median": float(np.median(latency)) if latency else None,
+        "latency_ms_first_pairs": float(np.median(latency[:5])) if latency else None,
+        "latency_ms_last_pairs": float(np.median(latency[-5:])) if latency else None,
+        "latency_ms_p90": float(np.percentile(latency, 90)) if latency else None,
+        "pairs_under_16px": len(small), "median_error_px_under_16px": float(np.median(small)) if small else None,
+        "pairs_over_60px": len(large_vis),
+        "visible_fraction_over_60px": float(np.mean(large_vis)) if large_vis else None,
+        "median_error_px_of_visible_over_60px": float(np.median(large_err)) if large_err else None,
+        "rss_mb_first_minute": float(np.mean(first)) if first else None,
+        "rss_mb_last_minute": float(np.mean(last)) if last else None,
+        "rss_trend_mb_per_min": rss_trend_mb_per_min(rss) if len(rss) >= 8 else None,
+        "exit_code_on_sigint": code, "seconds_to_exit": took,
+    }
+
+
+def plot(rss: list, rec: Recorder, published: dict, path: Path) -> None:
+    from matplotlib.figure import Figure  # heavy, only for the picture
+
+    fig = Figure(figsize=(10, 3.5))
+    a, b = fig.subplots(1, 2)
+    if rss:
+        a.plot([t / 60 for t, _ in rss], [r for _, r in rss])
+    a.set_title("node RSS (MB)")
+    a.set_xlabel("minutes after warm-up")
+    lat = [(published[stamp_ns(m.header.stamp)][1], 1000 * (rec.received_at[stamp_ns(m.header.stamp)]
+                                                             - published[stamp_ns(m.header.stamp)][1]))
+           for m in rec.tracks if stamp_ns(m.header.stamp) in published]
+    if lat:
+        t0 = lat[0][0]
+        b.plot([(t - t0) / 60 for t, _ in lat], [v for _, v in lat], ".")
+    b.set_title("latency: frame published -> its tracks (ms)")
+    b.set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
