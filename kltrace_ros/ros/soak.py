@@ -6,7 +6,8 @@ node's tracks, overlay and heatmap (so every output is produced), samples the no
 second, and at the end sends SIGINT. Reported: frames published/received/processed/dropped,
 latency (frame publish -> its tracks), accuracy of the pairs the node chose (true motion from the
 stamps), what the node says about large-motion pairs (visible fraction, error of visible tracks),
-RSS of the first and last minute, steady-state RSS trend, exit code and time on SIGINT.
+RSS of the first and last minute, the steady-state RSS trend (per pair cycle), exit code and time on
+SIGINT.
 """
 from __future__ import annotations
 
@@ -40,14 +41,22 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def rss_trend_mb_per_min(samples: list) -> float:
-    """Slope (MB/min) of the peak RSS of four consecutive blocks of (seconds, MB) samples: RSS moves in steps
-    of tens of MB within a pair as the allocator takes and returns the tracing buffers, so single samples
-    swing at random; the per-block peak is what a robot budgets for, and a leak lifts it."""
+def rss_trend_mb_per_min(samples: list, cycles: list) -> float:
+    """Steady-state memory trend (MB/min): the mean RSS of each pair's cycle (from one pair's tracks to the
+    next), then the median of pairwise slopes (Theil-Sen). Within a cycle RSS moves by 50-100 MB as the
+    allocator takes and returns the tracing buffers; a whole cycle's mean does not depend on when it was
+    sampled, and a leak lifts every cycle. ``samples``: (s, MB); ``cycles``: arrival times (s) of tracks."""
     t = np.array([s[0] for s in samples])
     r = np.array([s[1] for s in samples])
-    blocks = np.array_split(np.arange(len(t)), 4)
-    return float(np.polyfit([t[b].mean() / 60 for b in blocks], [r[b].max() for b in blocks], 1)[0])
+    mids, means = [], []
+    for a, b in zip(cycles[:-1], cycles[1:]):
+        inside = (t >= a) & (t < b)
+        if inside.any():
+            mids.append((a + b) / 2 / 60)
+            means.append(r[inside].mean())
+    mids, means = np.array(mids), np.array(means)
+    i, j = np.triu_indices(len(mids), 1)
+    return float(np.median((means[j] - means[i]) / (mids[j] - mids[i]))) if len(i) else float("nan")
 
 
 class Pan:
@@ -148,7 +157,7 @@ def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0
                 executor.spin_once(timeout_sec=max(0.0, t0 + i / rate - time.monotonic()))
             if warm is None and len(rec.tracks) >= warmup_pairs:
                 warm = time.monotonic()
-            if warm is not None and i % int(rate) == 0:
+            if warm is not None and i % 5 == 0:
                 rss.append((time.monotonic() - warm, rss_mb(proc.pid)))
                 bar.update(int(time.monotonic() - warm) - bar.n)
             if proc.poll() is not None:
@@ -161,13 +170,15 @@ def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
-    report = summarise(rec, published, pan, rss, size, rate, minutes, code, took)
+    cycles = sorted(t - warm for t in rec.received_at.values() if warm is not None and t >= warm)
+    report = summarise(rec, published, pan, rss, cycles, size, rate, minutes, code, took)
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     plot(rss, rec, published, out / "soak.png")
     return report
 
 
-def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, size, rate, minutes, code, took) -> dict:
+def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, cycles: list, size, rate, minutes, code,
+              took) -> dict:
     small, large_vis, large_err, latency = [], [], [], []
     for m in rec.tracks:
         new, old = stamp_ns(m.header.stamp), stamp_ns(m.previous_stamp)
@@ -200,7 +211,7 @@ def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, size, rate, m
         "median_error_px_of_visible_over_60px": float(np.median(large_err)) if large_err else None,
         "rss_mb_first_minute": float(np.mean(first)) if first else None,
         "rss_mb_last_minute": float(np.mean(last)) if last else None,
-        "rss_trend_mb_per_min": rss_trend_mb_per_min(rss) if len(rss) >= 8 else None,
+        "rss_trend_mb_per_min": rss_trend_mb_per_min(rss, cycles) if len(cycles) >= 4 else None,
         "exit_code_on_sigint": code, "seconds_to_exit": took,
     }
 
