@@ -73,4 +73,4 @@ def test_bag_errors_are_one_line_and_leave_no_output(tmp_path):
                               timeout=300)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert text in proc.stderr and len(proc.stderr.strip().splitlines()[-1]) > 0, proc.stderr[-2000:]
-        assert not out.exists() and not (tmp_path / "out.partial.mcap").exists(), src
+        assert not out.exists() and not (tmp_path / "out.mcap.partial").exists(), src

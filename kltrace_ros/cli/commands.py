@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ CHUNK = 256   # track-pair: query points per engine call (progress is shown past
 
 def register(sub) -> None:
     for add in (_add_version, _add_train, _add_track_pair, _add_eval, _add_video, _add_demo, _add_bench,
-                _add_fetch_lras, _add_calibrate, _add_bag):
+                _add_fetch_lras, _add_calibrate, _add_bag, _add_bags):
         add(sub)
 
 
@@ -51,11 +52,12 @@ def add_engine_args(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
 
 
-def add_stream_args(p) -> None:
+def add_stream_args(p, live_view: bool = True) -> None:
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
-    p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
-                   help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
+    if live_view:
+        p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
+                       help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
     add_engine_args(p)
 
 
@@ -229,6 +231,56 @@ def _run_bag(args) -> int:
                                                              overlay=not args.no_overlay, view=view))
     print(f"wrote {args.out}: {stats}")
     return 0
+
+
+def _add_bags(sub) -> None:
+    p = sub.add_parser("bags", help="every bag and video under a folder, in parallel on Ray or one by one; "
+                                    "resumable, one output folder per recording and a summary")
+    p.add_argument("input", type=Path, help="folder of rosbag2 folders, .mcap files and videos (searched recursively)")
+    p.add_argument("--topic", required=True, help="image topic in the bags (sensor_msgs/Image or CompressedImage)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<recording>/ and OUT/summary.json")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="run on Ray: 'auto' starts a local instance, an address joins a cluster; "
+                        "without it the recordings run here one by one")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers, one model each (default: one per CPU, or one per GPU when the cluster has GPUs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (per worker with --ray; default: "
+                   "the CPUs each worker gets)")
+    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--max-side", type=int, default=640, help="videos: downscale frames whose longest side is larger")
+    add_stream_args(p, live_view=False)
+    p.set_defaults(func=_run_bags)
+
+
+def _run_bags(args) -> int:
+    from kltrace_ros.batch.jobs import Settings, discover, format_summary, run_serial, summarize  # rosbags: heavy
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: give at least 1")
+    jobs = discover(args.input)
+    if not jobs:
+        raise ValueError(f"no bags (folders with metadata.yaml, .mcap files) or videos under {args.input}")
+    settings = Settings(args.topic, options(args), overlay=not args.no_overlay, max_side=args.max_side)
+    t0 = time.perf_counter()
+    if args.ray is None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        results, startup = run_serial(jobs, args.out, settings)
+        mode, workers = "one by one", 1
+    else:
+        import ray  # noqa: PLC0415 - only with --ray
+
+        from kltrace_ros.batch.ray_pool import run_ray  # noqa: PLC0415
+
+        try:
+            results, startup, workers = run_ray(jobs, args.out, settings, args.ray, args.workers, args.threads)
+        finally:
+            ray.shutdown()
+        mode = f"ray {args.ray}"
+    summary = summarize(results, args.out, mode, workers, startup, time.perf_counter() - t0)
+    print(format_summary(summary))
+    print(f"summary: {args.out / 'summary.json'}")
+    return 1 if summary["failed"] else 0
 
 
 def _add_demo(sub) -> None:

@@ -90,16 +90,19 @@ def _image_connections(reader, src: Path, topic: str) -> list:
     return conns
 
 
-def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None) -> dict:
+def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None, progress=tqdm) -> dict:
     """Push every image of ``topic`` through ``pipeline`` (a TrackingPipeline); write its messages to ``dst``
-    (complete or absent: written as ``dst``'s ``.partial`` twin and renamed at the end)."""
+    (a rosbag2 folder, complete or absent: written inside ``dst.partial/`` and moved at the end).
+    ``progress``: the frame progress bar, a tqdm-like callable (Ray workers pass Ray's)."""
+    src, dst = Path(src), Path(dst)
     ts = typestore()
     reader = _open(src, ts)
     try:
         conns = _image_connections(reader, src, topic)
-        plugin = StoragePlugin.MCAP if dst.suffix == ".mcap" or str(src).endswith(".mcap") else StoragePlugin.SQLITE3
-        with complete_or_absent(dst, replace=False) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
-            return _run(reader, conns, writer, ts, pipeline, overlay, view)
+        mcap = dst.suffix == ".mcap" or src.suffix == ".mcap" or (src.is_dir() and any(src.glob("*.mcap")))
+        plugin = StoragePlugin.MCAP if mcap else StoragePlugin.SQLITE3   # the input's storage, or what dst says
+        with complete_or_absent(dst, replace=False, folder=True) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            return _run(reader, conns, writer, ts, pipeline, overlay, view, progress)
     except Exception as err:  # noqa: BLE001 - a damaged bag midway: one line, no partial output
         if isinstance(err, (ValueError, FileExistsError, IsADirectoryError)):
             raise
@@ -108,12 +111,12 @@ def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True
         reader.close()
 
 
-def _run(reader, conns, writer, ts, pipeline, overlay: bool, view) -> dict:
+def _run(reader, conns, writer, ts, pipeline, overlay: bool, view, progress) -> dict:
     types = message_types(ts)
     stats = {"frames": 0, "pairs": 0, "tracks": 0, "errors": 0}
     trails = Trails()
     out = {k: writer.add_connection(name, kind, typestore=ts) for k, (name, kind) in OUTPUTS.items()}
-    for conn, t, raw in tqdm(reader.messages(connections=conns), total=sum(c.msgcount for c in conns),
+    for conn, t, raw in progress(reader.messages(connections=conns), total=sum(c.msgcount for c in conns),
                              desc="bag", unit="frame"):
         msg = reader.deserialize(raw, conn.msgtype)
         try:

@@ -55,6 +55,17 @@ def _video_frames(path: Path):
         cap.release()
 
 
+def video_info(path: str | Path) -> tuple[float, int | None]:
+    """(frames per second, number of frames) of a video file as its container states them; (10.0, None)
+    when it does not say (image folders, some streams)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps, n = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    return (fps if 0 < fps < 1000 else 10.0), (n if n > 0 else None)
+
+
 def read_frames(path: str | Path, max_frames: int | None = None, max_side: int | None = None):
     """RGB frames (H,W,3) uint8 of a video file, or of a folder of images sorted by name, downscaled
     so that the longest side is at most ``max_side``."""

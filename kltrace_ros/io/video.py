@@ -46,14 +46,16 @@ class VideoWriter:
 
 
 def track_video(pipeline, frames, out_video: Path | None, out_tracks: Path | None, fps: float = 10.0,
-                total: int | None = None, view=None) -> dict:
+                total: int | None = None, view=None, progress=tqdm) -> dict:
     """Track through ``frames`` with a ``tracking.pipeline.TrackingPipeline``; write an overlay video
-    (mp4) and a JSON list of per-frame tracks. ``view``: an optional FoxgloveView (overlay, heatmaps)."""
+    (mp4) and a JSON list of per-frame tracks. ``view``: an optional FoxgloveView (overlay, heatmaps);
+    ``progress``: the frame progress bar, a tqdm-like callable (Ray workers pass Ray's)."""
     writer, trails = VideoWriter(out_video, fps), Trails()
-    records, seconds = [], []
+    records, seconds, n_frames = [], [], 0
     period_ns = int(1e9 / fps)
     try:
-        for i, frame in enumerate(tqdm(frames, total=total, desc="track", unit="frame")):
+        for i, frame in enumerate(progress(frames, total=total, desc="track", unit="frame")):
+            n_frames = i + 1
             res = pipeline.push(frame, i * period_ns, i)
             overlay = frame
             if res is not None:
@@ -76,6 +78,6 @@ def track_video(pipeline, frames, out_video: Path | None, out_tracks: Path | Non
         write_json(Path(out_tracks), records)
     n_pts = sum(len(r["tracks"]) for r in records)
     total_s = float(np.sum(seconds)) if seconds else 0.0
-    return {"pairs": len(records), "tracks": n_pts, "seconds": total_s,
+    return {"frames": n_frames, "pairs": len(records), "tracks": n_pts, "seconds": total_s,
             "tracks_per_s": n_pts / total_s if total_s else 0.0,
             "latency_ms": 1000 * float(np.mean(seconds)) if seconds else 0.0}
