@@ -18,8 +18,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/kltrace_ros"]),
         ("share/kltrace_ros", ["package.xml"]),
-        ("share/kltrace_ros/launch", ["launch/kltrace.launch.py"]),
-        ("share/kltrace_ros/config", ["config/kltrace.yaml", "config/fastdds_large_images.xml"]),
+        ("share/kltrace_ros/launch", ["launch/kltrace.launch.py", "launch/kltrace_fleet.launch.py"]),
+        ("share/kltrace_ros/config", ["config/kltrace.yaml", "config/kltrace_fleet.yaml",
+                                          "config/fastdds_large_images.xml"]),
     ],
     # torch is a documented pip dependency (CPU: torch==2.13.0; see README). Exact pins: requirements.txt.
     install_requires=["numpy<2.3", "opencv-python-headless<5", "cv-bridge", "tqdm", "torch", "scikit-image",

@@ -6,7 +6,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "kltrace_ros"
 # Imported inside functions on purpose: optional or heavy dependencies, used by one command or option only.
 LAZY_OK = {"matplotlib.figure", "skimage", "ament_index_python.packages", "kltrace_ros.io.foxglove",
-           "kltrace_ros.io.bag", "kltrace_ros.ros.demo", "kltrace_ros.ros.soak", "ray", "kltrace_ros.batch.jobs",
+           "kltrace_ros.io.bag", "kltrace_ros.ros.demo", "kltrace_ros.ros.soak", "ray", "kltrace_ros.batch.jobs", "kltrace_ros.batch.bench",
            "kltrace_ros.batch.ray_pool"}
 # Which folders (or modules) each folder may import: the arrows of the README's architecture section.
 ALLOWED = {

@@ -9,23 +9,13 @@ pytest.importorskip("rosbags")
 from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 
-from kltrace_ros.io.bag import typestore  # noqa: E402
+from kltrace_ros.io.bag import typestore, write_image_bag  # noqa: E402
 from rosutil import shifted, textured  # noqa: E402
 
 
 def write_camera_bag(path, frames):
-    ts = typestore()
-    T = ts.types
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
-        c = w.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=ts)
-        for i, f in enumerate(frames):
-            t = 10**9 + i * 10**8
-            msg = T["sensor_msgs/msg/Image"](
-                header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=i * 10**8),
-                                                frame_id="cam"),
-                height=f.shape[0], width=f.shape[1], encoding="rgb8", is_bigendian=0, step=f.shape[1] * 3,
-                data=np.ascontiguousarray(f).reshape(-1))
-            w.write(c, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    """A camera bag on /cam/image_raw at 10 Hz, stamps from 1 s."""
+    return write_image_bag(path, frames, "/cam/image_raw", 10.0, "cam", 10**9)
 
 
 def test_bag_in_tracks_out(tmp_path):

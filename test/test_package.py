@@ -3,6 +3,7 @@ import pathlib
 import py_compile
 import xml.etree.ElementTree as ET
 
+import pytest
 import yaml
 
 from kltrace_ros.ros.node import PARAMETERS
@@ -21,12 +22,15 @@ def test_config_and_readme_document_every_parameter():
     assert "make demo" in readme and "make test" in readme
 
 
-def test_launch_file_compiles_and_takes_the_documented_arguments():
-    launch = ROOT / "launch" / "kltrace.launch.py"
+@pytest.mark.parametrize("name, args", [("kltrace", ("image", "namespace", "params_file", "device")),
+                                        ("kltrace_fleet", ("robots", "camera", "params_file", "device", "num_points"))])
+def test_launch_files_compile_and_take_the_documented_arguments(name, args):
+    launch = ROOT / "launch" / f"{name}.launch.py"
     py_compile.compile(str(launch), doraise=True)
     text = launch.read_text()
-    for arg in ("image", "namespace", "params_file", "device"):
+    for arg in args:
         assert f'DeclareLaunchArgument("{arg}"' in text
+        assert f"{arg}:=" in text or arg in ("params_file", "namespace")   # shown in the usage line
 
 
 def test_package_xml_is_format3_with_interface_group():

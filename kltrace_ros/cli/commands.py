@@ -302,8 +302,9 @@ def _run_demo(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure: lras (transformer), tracing (points/s), node (a soak under a camera)")
-    p.add_argument("what", choices=("lras", "tracing", "node"))
+    p = sub.add_parser("bench", help="measure: lras (transformer), tracing (points/s), node (a soak under a camera), "
+                                     "bags (kltrace bags one by one vs on Ray)")
+    p.add_argument("what", choices=("lras", "tracing", "node", "bags"))
     p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny", help="lras: random model size")
     p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
     p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
@@ -314,7 +315,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--scales", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--minutes", type=float, default=10.0, help="node: soak duration after warm-up")
-    p.add_argument("--frame-size", default="640x480", help="node: camera frames WxH")
+    p.add_argument("--frame-size", default=None, help="node, bags: camera frames WxH (default 640x480, 320x240)")
+    p.add_argument("--recordings", type=int, default=4, help="bags: generated recordings")
+    p.add_argument("--frames", type=int, default=10, help="bags: frames per recording")
+    p.add_argument("--workers", type=int, default=None, help="bags: Ray workers (default: one per CPU)")
     p.add_argument("--rate", type=float, default=30.0, help="node: camera rate (Hz)")
     p.add_argument("--out", type=Path, default=Path("out/soak"), help="node: soak.json, soak.png, node.log")
     p.set_defaults(func=_run_bench)
@@ -325,16 +329,28 @@ def _run_bench(args) -> int:
     if args.what == "node":
         from kltrace_ros.ros.soak import run_soak  # the ROS layer (rclpy), only for this benchmark
 
-        w, h = (int(v) for v in args.frame_size.lower().split("x"))
+        w, h = _size(args.frame_size or "640x480")
         params = {"num_points": args.points, "device": dev, "heatmap_points": 4}
         params.update({k: v for k, v in (("masks", args.masks), ("scales", args.scales)) if v})
         res = run_soak(args.minutes, (w, h), args.rate, params, args.out)
+    elif args.what == "bags":
+        from kltrace_ros.batch.bench import bench_bags  # rosbags and Ray, only for this benchmark
+
+        res = bench_bags(args.recordings, args.frames, _size(args.frame_size or "320x240"), args.points, args.workers)
     elif args.what == "lras":
         res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
     else:
         res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
     print(json.dumps(res, indent=1))
     return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--frame-size {text}: give WIDTHxHEIGHT, e.g. 640x480") from None
+    return w, h
 
 
 def _add_fetch_lras(sub) -> None:

@@ -90,6 +90,24 @@ def _image_connections(reader, src: Path, topic: str) -> list:
     return conns
 
 
+def write_image_bag(path: Path, frames, topic: str = "/camera/image_raw", rate: float = 10.0,
+                    frame_id: str = "camera", start_ns: int = 1_700_000_000 * 10**9, mcap: bool = True) -> int:
+    """A rosbag2 of rgb8 sensor_msgs/Image at ``rate`` Hz, as a camera driver would record it (benchmarks, tests);
+    the number of frames written."""
+    ts = typestore()
+    T = ts.types
+    n = 0
+    with Writer(Path(path), version=9, storage_plugin=StoragePlugin.MCAP if mcap else StoragePlugin.SQLITE3) as w:
+        conn = w.add_connection(topic, IMAGE_TYPES[0], typestore=ts)
+        for i, rgb in enumerate(frames):
+            t = start_ns + round(i * 1e9 / rate)
+            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
+                                              frame_id=frame_id)
+            w.write(conn, t, ts.serialize_cdr(_image_msg(ts, header, rgb), IMAGE_TYPES[0]))
+            n += 1
+    return n
+
+
 def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True, view=None, progress=tqdm) -> dict:
     """Push every image of ``topic`` through ``pipeline`` (a TrackingPipeline); write its messages to ``dst``
     (a rosbag2 folder, complete or absent: written inside ``dst.partial/`` and moved at the end).
