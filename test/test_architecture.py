@@ -7,7 +7,7 @@ PKG = ROOT / "kltrace_ros"
 # Imported inside functions on purpose: optional or heavy dependencies, used by one command or option only.
 LAZY_OK = {"matplotlib.figure", "skimage", "ament_index_python.packages", "kltrace_ros.io.foxglove",
            "kltrace_ros.io.bag", "kltrace_ros.ros.demo", "kltrace_ros.ros.soak", "ray", "kltrace_ros.batch.jobs", "kltrace_ros.batch.bench",
-           "kltrace_ros.batch.ray_pool"}
+           "kltrace_ros.batch.ray_pool", "kltrace_ros.models.diffusion.svd", "kltrace_ros.models.diffusion.cosmos"}
 # Which folders (or modules) each folder may import: the arrows of the README's architecture section.
 ALLOWED = {
     "tracing": {"tracing"},

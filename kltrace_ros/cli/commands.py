@@ -39,8 +39,10 @@ def register(sub) -> None:
 
 # ------------------------------------------------------------------ shared options
 def add_engine_args(p) -> None:
-    p.add_argument("--method", choices=("kl", "rgb"), default="kl")
-    p.add_argument("--model", type=Path, default=None, help="model file (default: the embedded model)")
+    p.add_argument("--method", choices=("kl", "rgb"), default=None,
+                   help="kl (LRAS models' default) or rgb (diffusion models: the only one)")
+    p.add_argument("--model", default=None, help="model file (default: the embedded model), or svd:DIR / cosmos:DIR "
+                   "for a local diffusers folder (settings after ?: noise_level, steps, samples, seed, size, allow_cpu)")
     p.add_argument("--quantizer", type=Path, default=None, help="LPQ file, with a published LRAS --model")
     p.add_argument("--masks", type=int, default=None, help="reveal masks per scale (default: the model's)")
     p.add_argument("--scales", type=int, default=None, help="zoom scales (default: the model's)")

@@ -1,7 +1,8 @@
 """From a file to a predictor: the model families by name, the default model, the device.
 
 A kltrace file names its family in ``cfg['model_class']``; a published LRAS predictor is
-recognised by its transformer sizes (``n_layer``) and needs its LPQ quantizer beside it.
+recognised by its transformer sizes (``n_layer``) and needs its LPQ quantizer beside it; ``svd:DIR`` and
+``cosmos:DIR`` name a diffusers folder (``diffusion/``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from importlib.resources import files
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from .diffusion.load import is_spec, load_diffusion
 from .lras.predictor import LRASPredictor
 from .motion.network import MotionLRAS, check_motion_cfg
 from .motion.predictor import MotionPredictor
@@ -42,7 +44,10 @@ def default_model_path():
 
 
 def load_predictor(model_path=None, device="cpu", quantizer_path=None):
-    """A predictor for a kltrace model file (default: the embedded model) or a published LRAS pair."""
+    """A predictor for a kltrace model file (default: the embedded model), a published LRAS pair, or a local
+    diffusers folder given as ``svd:DIR`` / ``cosmos:DIR`` (RGB perturb-and-track only)."""
+    if is_spec(model_path):
+        return load_diffusion(model_path, device)
     path = model_path or default_model_path()
     cfg, state = load_checkpoint(path)
     family = cfg.get("model_class")

@@ -75,6 +75,10 @@ class TraceResult:
 
 
 def default_scales(pred: Predictor) -> int:
+    """The predictor's own number of scales if it states one (``scales``), else as many as halve the first crop
+    down to half the window."""
+    if getattr(pred, "scales", None):
+        return int(pred.scales)
     n, crop = 1, pred.first_crop
     while crop * pred.shrink >= pred.window * 0.5 - 1e-6 and n < 8:
         crop *= pred.shrink

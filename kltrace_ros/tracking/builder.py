@@ -17,7 +17,7 @@ class Options:
     model: str | Path | None = None          # model file; None = the embedded default model
     quantizer: str | Path | None = None      # LPQ file, with a published LRAS model
     device: str = "cpu"                      # cpu | cuda | auto
-    method: str = "kl"                       # kl | rgb
+    method: str | None = None                # kl | rgb; None: the model's (kl for LRAS, rgb for diffusion models)
     masks: int | None = None                 # reveal masks per scale (None: the model's default)
     scales: int | None = None                # zoom scales (None: the model's default)
     occlusion_threshold: float | None = None  # None or negative: the model's calibration
@@ -32,12 +32,23 @@ class Options:
         return replace(self, **changes)
 
 
+def method_for(opts: Options, predictor) -> str:
+    """The tracing method: the one asked for, or the model's own; an error names what the model offers."""
+    offered = getattr(predictor, "methods", ("kl", "rgb"))
+    method = opts.method or getattr(predictor, "default_method", "kl")
+    if method not in offered:
+        raise ValueError(f"{predictor.name} offers method {' or '.join(offered)}, not {method!r}: "
+                         f"use --method {offered[0]} (or leave the method unset)")
+    return method
+
+
 def trace_config(opts: Options, predictor) -> TraceConfig:
     """Tracing settings; the occlusion threshold defaults to the model file's calibration for the method."""
+    method = method_for(opts, predictor)
     thr = opts.occlusion_threshold
     if thr is None or thr < 0:
-        thr = getattr(predictor, "occlusion_threshold", {}).get(opts.method, 0.0)
-    return TraceConfig(method=opts.method, masks=opts.masks, scales=opts.scales, occlusion_threshold=thr,
+        thr = getattr(predictor, "occlusion_threshold", {}).get(method, 0.0)
+    return TraceConfig(method=method, masks=opts.masks, scales=opts.scales, occlusion_threshold=thr,
                        fb_threshold=opts.fb_threshold, keep_maps=opts.keep_maps)
 
 
