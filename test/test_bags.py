@@ -2,6 +2,7 @@
 finished ones skipped on a rerun, interrupted ones redone."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -103,6 +104,7 @@ def test_bags_one_by_one_and_on_ray_agree_and_reruns_skip(fleet, tmp_path):
     mtime = (serial / "robot0" / "tracks" / "metadata.yaml").stat().st_mtime_ns
     os.rename(serial / "robot1", tmp_path / "moved")
     (serial / "robot1.partial" / "robot1").mkdir(parents=True)          # what a killed run leaves
+    (serial / "robot1.partial" / ".kltrace-partial").touch()
     (serial / "robot1.partial" / "robot1" / "result.json").write_text("{}")
     proc, s3 = bags(fleet, serial)
     status = {k: r["status"] for k, r in by_name(s3).items()}
@@ -112,6 +114,12 @@ def test_bags_one_by_one_and_on_ray_agree_and_reruns_skip(fleet, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(tracks_of(serial / "robot1" / "tracks"),
                                                      tracks_of(tmp_path / "moved" / "tracks")))
 
+    # other settings than the finished outputs were made with, or a damaged record: reported, nothing deleted
+    (serial / "robot0" / "result.json").write_text("{not json")
+    proc, s4 = bags(fleet, serial, "--points", "8", "--no-overlay")
+    status = by_name(s4)
+    assert "other settings" in status["robot1"]["error"] and "'points': (12, 8)" in status["robot1"]["error"]
+    assert "damaged" in status["robot0"]["error"] and (serial / "robot0" / "tracks").is_dir()
 
 def test_bags_errors_name_the_fix(fleet, tmp_path):
     proc, _ = bags(tmp_path / "nowhere", tmp_path / "out")
@@ -121,6 +129,19 @@ def test_bags_errors_name_the_fix(fleet, tmp_path):
     assert proc.returncode == 2 and "no bags" in proc.stderr
     (tmp_path / "out" / "robot0").mkdir(parents=True)          # a folder this command did not write
     (tmp_path / "out" / "robot0" / "mine.txt").write_text("keep")
+    (tmp_path / "out" / "robot1.partial").mkdir()                # a staging name this command did not make
+    (tmp_path / "out" / "robot1.partial" / "mine.txt").write_text("keep")
     proc, s = bags(fleet, tmp_path / "out", "--no-overlay")
-    assert "move it away" in by_name(s)["robot0"]["error"]
+    assert "move it away" in by_name(s)["robot0"]["error"] and "move it away" in by_name(s)["robot1"]["error"]
     assert (tmp_path / "out" / "robot0" / "mine.txt").read_text() == "keep"
+    assert (tmp_path / "out" / "robot1.partial" / "mine.txt").read_text() == "keep"
+    # outputs inside the input folder are not taken for recordings; two recordings may not share an output
+    inside = tmp_path / "in"
+    shutil.copytree(fleet / "robot0", inside / "robot0")
+    (inside / "out" / "robot0" / "tracks").mkdir(parents=True)
+    (inside / "out" / "robot0" / "tracks" / "metadata.yaml").write_text("x")
+    assert [j.name for j in discover(inside, inside / "out")] == ["robot0"]
+    (inside / "a.b.mp4").write_bytes(b"")
+    (inside / "a_b.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="would both write a_b_mp4"):
+        discover(inside)

@@ -12,7 +12,7 @@ import torch
 
 from kltrace_ros.io.bag import write_image_bag
 from kltrace_ros.io.files import write_json
-from kltrace_ros.io.images import SKIMAGE_IMAGES, skimage_photo
+from kltrace_ros.io.images import SKIMAGE_IMAGES, camera_view, skimage_photo
 from kltrace_ros.tracking.builder import Options
 
 from .jobs import Settings, discover, run_serial
@@ -26,8 +26,7 @@ def panning_camera(photo: np.ndarray, frames: int, size: tuple[int, int], speed=
     scale = max(w / photo.shape[1], h / photo.shape[0]) * 1.3
     big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     for i in range(frames):
-        m = np.float32([[1, 0, -speed[0] * i], [0, 1, -speed[1] * i]])
-        yield cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        yield camera_view(big, size, (speed[0] * i, speed[1] * i))
 
 
 def make_recordings(folder: Path, recordings: int, frames: int, size: tuple[int, int]) -> None:

@@ -17,8 +17,7 @@ from tqdm import tqdm
 
 from kltrace_ros.io.bag import process_bag
 from kltrace_ros.io.files import complete_or_absent, write_json
-from kltrace_ros.io.images import read_frames, video_info
-from kltrace_ros.io.video import track_video
+from kltrace_ros.io.video import track_file
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -44,13 +43,15 @@ class Settings:
     max_side: int = 640        # videos: frames downscaled to this longest side, as `kltrace video`
 
 
-def discover(in_dir: Path) -> list[Job]:
+def discover(in_dir: Path, out_dir: Path | None = None) -> list[Job]:
     """Every recording under ``in_dir``, sorted by path: folders holding a ``metadata.yaml`` (rosbag2, mcap or
     sqlite3; not searched further), bare ``.mcap`` files and videos. A ``.db3`` without its folder's
-    metadata becomes an ``unsupported`` job, so that it is reported rather than silently left out."""
+    metadata becomes an ``unsupported`` job, so that it is reported rather than silently left out.
+    ``out_dir`` (when inside ``in_dir``) and symlinked folders are not searched."""
     in_dir = Path(in_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"{in_dir} is not a folder: give the folder that holds the bags and videos")
+    skip = Path(out_dir).resolve() if out_dir is not None else None
     jobs: list[Job] = []
 
     def walk(folder: Path) -> None:
@@ -59,7 +60,7 @@ def discover(in_dir: Path) -> list[Job]:
             if p.is_dir():
                 if (p / "metadata.yaml").is_file():
                     jobs.append(Job(p, "bag", str(rel)))
-                elif not p.name.endswith(".partial"):
+                elif not (p.is_symlink() or p.name.endswith(".partial") or p.resolve() == skip):
                     walk(p)
             elif p.suffix.lower() == ".mcap":
                 jobs.append(Job(p, "bag", _file_name(rel)))
@@ -69,12 +70,25 @@ def discover(in_dir: Path) -> list[Job]:
                 jobs.append(Job(p, "unsupported", _file_name(rel)))
 
     walk(in_dir)
+    names: dict[str, Path] = {}
+    for job in jobs:
+        if job.name in names:
+            raise ValueError(f"{names[job.name]} and {job.src} would both write {job.name}/: rename one of them")
+        names[job.name] = job.src
     return jobs
 
 
 def _file_name(rel: Path) -> str:
-    """``day1/run.mcap`` -> ``day1/run_mcap``: unique beside ``day1/run.mp4`` and never read back as a bag."""
+    """``day1/run.mcap`` -> ``day1/run_mcap``: beside ``day1/run.mp4`` and never read back as a bag."""
     return str(rel.with_name(rel.name.replace(".", "_")))
+
+
+def settings_record(settings: Settings) -> dict:
+    """What a finished output was made with (a rerun with other settings does not take it as done)."""
+    o = settings.options
+    return {"topic": settings.topic, "model": str(o.model) if o.model else "embedded", "method": o.method,
+            "points": o.num_points, "keypoints": o.keypoints, "masks": o.masks, "scales": o.scales,
+            "fb_threshold": o.fb_threshold, "overlay": settings.overlay, "max_side": settings.max_side}
 
 
 def new_record(job: Job, status: str = "done", error: str = "") -> dict:
@@ -87,11 +101,11 @@ def run_job(engine, job: Job, out_dir: Path, settings: Settings, progress=tqdm) 
     """Do one job with a loaded ``engine`` (shared by the jobs of one worker); never raises for a bad
     recording: the error is the result's ``error`` and its status is ``failed``."""
     out = job.out(out_dir)
-    record = new_record(job)
-    if (out / RESULT).is_file():
-        return {**json.loads((out / RESULT).read_text()), "status": "skipped"}
+    record = {**new_record(job), "settings": settings_record(settings)}
     t0 = time.perf_counter()
     try:
+        if (out / RESULT).is_file():
+            return _finished(out, record)
         if out.exists():   # never delete what this command did not write
             raise FileExistsError(f"{out} exists and is not a finished kltrace output: move it away")
         if job.kind == "unsupported":
@@ -108,15 +122,28 @@ def run_job(engine, job: Job, out_dir: Path, settings: Settings, progress=tqdm) 
     return record
 
 
+def _finished(out: Path, record: dict) -> dict:
+    """The record of a finished output, marked skipped; an error if it was made with other settings."""
+    try:
+        done = json.loads((out / RESULT).read_text())
+        before = {k: done[k] for k in record}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{out / RESULT} is damaged ({type(err).__name__}): delete {out} to redo it") from None
+    if before["settings"] != record["settings"]:
+        changed = {k: (v, record["settings"].get(k)) for k, v in before["settings"].items()
+                   if record["settings"].get(k) != v}
+        raise ValueError(f"{out} was made with other settings {changed} (before, now): delete it or choose "
+                         f"another --out")
+    return {**before, "status": "skipped"}
+
+
 def _track(engine, job: Job, tmp: Path, settings: Settings, progress) -> dict:
     pipeline = build_pipeline(settings.options, engine, on_reset=lambda reason: print(f"{job.name}: {reason}"))
     if job.kind == "bag":
         return process_bag(job.src, settings.topic, tmp / "tracks", pipeline, overlay=settings.overlay,
                            progress=progress)
-    fps, total = video_info(job.src)
-    return track_video(pipeline, read_frames(job.src, max_side=settings.max_side),
-                       tmp / "overlay.mp4" if settings.overlay else None, tmp / "tracks.json", fps=fps,
-                       total=total, progress=progress)
+    return track_file(pipeline, job.src, tmp / "overlay.mp4" if settings.overlay else None, tmp / "tracks.json",
+                      max_side=settings.max_side, progress=progress)
 
 
 def run_serial(jobs: list[Job], out_dir: Path, settings: Settings) -> tuple[list[dict], float]:

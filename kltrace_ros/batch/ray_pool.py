@@ -53,6 +53,7 @@ def connect(address: str) -> None:
     anything else: the address of an existing cluster (``ray://host:10001`` or ``host:6379``)."""
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")       # robots are often offline: never phone home
     kwargs = {"include_dashboard": False, "log_to_driver": True}
     if address == "auto":
         ray.init(**kwargs)
@@ -60,18 +61,27 @@ def connect(address: str) -> None:
         ray.init(address=address, **kwargs)
 
 
-def plan(workers: int | None, device: str) -> tuple[int, dict, int, str]:
-    """(number of workers, Ray resources per worker, torch threads per worker, device) for this cluster."""
+def plan(workers: int | None, device: str, jobs: int) -> tuple[int, dict, int, str]:
+    """(number of workers, Ray resources per worker, torch threads per worker, device) for this cluster:
+    at most one worker per job; CPU workers never more than the cluster's CPUs, and each asks for no more
+    CPUs than the largest machine has (else Ray could never place it)."""
     res = ray.cluster_resources()
     cpus, gpus = int(res.get("CPU", 1)), res.get("GPU", 0.0)
+    biggest = max([int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n.get("Alive")] or [1])
     use_gpu = gpus > 0 and device in ("auto", "cuda")
     n = workers or (int(gpus) if use_gpu and gpus >= 1 else cpus)
-    n = max(1, n)
-    per_cpu = max(1, cpus // n)
+    if not use_gpu and n > cpus:
+        print(f"--workers {n}: the cluster has {cpus} CPUs; running {cpus} workers")
+        n = cpus
+    n = max(1, min(n, jobs))
+    per_cpu = max(1, min(cpus // n, biggest))
     resources = {"num_cpus": per_cpu}
     if use_gpu:
         resources["num_gpus"] = gpus / n if gpus < n else math.floor(gpus / n)
     return n, resources, per_cpu, ("cuda" if use_gpu else "cpu")
+
+
+READY_TIMEOUT_S = 600   # Ray could not place the workers by then: the cluster lacks what they ask for
 
 
 def run_ray(jobs: list[Job], out_dir: Path, settings: Settings, address: str = "auto",
@@ -79,21 +89,27 @@ def run_ray(jobs: list[Job], out_dir: Path, settings: Settings, address: str = "
     """Every job on Ray; (results in job order, start-up seconds: Ray and the workers' models, workers)."""
     t0 = time.perf_counter()
     connect(address)
-    n, resources, per_cpu, device = plan(workers, settings.options.device)
+    n, resources, per_cpu, device = plan(workers, settings.options.device, len(jobs))
     settings = Settings(settings.topic, settings.options.with_(device=device), settings.overlay, settings.max_side)
-    n = min(n, max(1, len(jobs)))
 
     def start():
         return Worker.options(**resources).remote(settings, str(out_dir), threads or per_cpu)
 
-    actors = [start() for _ in range(n)]
-    ray.get([a.ready.remote() for a in actors])          # models loaded: the start-up is over
-    startup = time.perf_counter() - t0
+    actors = []
     results: dict[int, dict] = {}
-    queue = list(enumerate(jobs))
-    running = {}
-    bar = tqdm_ray.tqdm(total=len(jobs), desc="recordings", unit="rec")   # beside the workers' frame bars
     try:
+        actors = [start() for _ in range(n)]
+        try:
+            ray.get([a.ready.remote() for a in actors], timeout=READY_TIMEOUT_S)   # models loaded
+        except ray.exceptions.GetTimeoutError:
+            raise ValueError(f"Ray could not start {n} workers with {resources} each within {READY_TIMEOUT_S} s: "
+                             f"the cluster lacks these resources; lower --workers") from None
+        except ray.exceptions.RayActorError as err:
+            raise ValueError(f"a Ray worker could not load the model: {str(err).splitlines()[0]}") from None
+        startup = time.perf_counter() - t0
+        queue = list(enumerate(jobs))
+        running = {}
+        bar = tqdm_ray.tqdm(total=len(jobs), desc="recordings", unit="rec")   # beside the workers' frame bars
         for a in actors:
             if queue:
                 i, job = queue.pop(0)
@@ -114,8 +130,8 @@ def run_ray(jobs: list[Job], out_dir: Path, settings: Settings, address: str = "
             if queue:
                 j, job = queue.pop(0)
                 running[actor.run.remote(job)] = (actor, j)
-    finally:
         bar.close()
+    finally:
         for a in actors:
             ray.kill(a)
     return [results[i] for i in range(len(jobs))], startup, n

@@ -18,10 +18,10 @@ from kltrace_ros.eval import bench
 from kltrace_ros.eval.calibrate import calibrate
 from kltrace_ros.eval.run import evaluate, format_table
 from kltrace_ros.io.files import write_json
-from kltrace_ros.io.images import read_frames, read_rgb
-from kltrace_ros.io.video import track_video
+from kltrace_ros.io.images import read_rgb
+from kltrace_ros.io.video import track_file
 from kltrace_ros.models.lras.published import fetch_lras
-from kltrace_ros.models.registry import resolve_device
+from kltrace_ros.models.registry import load_predictor, resolve_device
 from kltrace_ros.tracing.engine import Engine
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config
 from kltrace_ros.training.export import export_model
@@ -175,7 +175,8 @@ def _run_track_pair(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="TAP-Vid two-frame metrics on a flow-gt folder (kl, rgb, zero, lk, dis)")
     p.add_argument("root", type=Path, help="folder with pairs.json and one sub-folder per pair")
-    p.add_argument("--methods", default="kl,rgb,zero,lk,dis")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated (default: the model's tracing methods, then zero, lk, dis)")
     p.add_argument("--queries", type=int, default=128, help="query points per pair")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="results.json, summary.png, pairs.png")
@@ -184,12 +185,13 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    traced = [m for m in methods if m in ("kl", "rgb")]
-    engines = {}
-    if traced:  # one model, one engine per tracing method
-        pred = load_engine(options(args, method=traced[0])).p
-        engines = {m: Engine(pred, trace_config(options(args, method=m), pred)) for m in traced}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    pred = None
+    if methods is None or {"kl", "rgb"} & set(methods):   # one model, one engine per tracing method
+        pred = load_predictor(args.model, resolve_device(args.device), args.quantizer)
+    if methods is None:
+        methods = [*getattr(pred, "methods", ("kl", "rgb")), "zero", "lk", "dis"]
+    engines = {m: Engine(pred, trace_config(options(args, method=m), pred)) for m in methods if m in ("kl", "rgb")}
     res = evaluate(args.root, methods, engines, n_queries=args.queries, seed=args.seed, out=args.out)
     print(format_table(res))
     print(f"results: {args.out / 'results.json'}; plots: {args.out / 'summary.png'}, {args.out / 'pairs.png'}")
@@ -208,9 +210,8 @@ def _add_video(sub) -> None:
 
 
 def _run_video(args) -> int:
-    stats = run_offline(args, lambda pipe, view: track_video(
-        pipe, read_frames(args.input, args.max_frames, args.max_side), args.out, args.tracks,
-        total=args.max_frames, view=view))
+    stats = run_offline(args, lambda pipe, view: track_file(pipe, args.input, args.out, args.tracks, args.max_frames,
+                                                            args.max_side, view=view))
     print(f"overlay: {args.out}\ntracks: {args.tracks}\n{stats['pairs']} frame pairs, "
           f"{stats['tracks_per_s']:.1f} tracks/s, {stats['latency_ms']:.0f} ms per pair")
     return 0
@@ -259,7 +260,7 @@ def _run_bags(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers {args.workers}: give at least 1")
-    jobs = discover(args.input)
+    jobs = discover(args.input, args.out)
     if not jobs:
         raise ValueError(f"no bags (folders with metadata.yaml, .mcap files) or videos under {args.input}")
     settings = Settings(args.topic, options(args), overlay=not args.no_overlay, max_side=args.max_side)

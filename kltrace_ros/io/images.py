@@ -33,6 +33,13 @@ def skimage_photos() -> list[np.ndarray]:
     return [skimage_photo(name) for name in SKIMAGE_IMAGES]
 
 
+def camera_view(canvas: np.ndarray, size: tuple[int, int], offset) -> np.ndarray:
+    """The (w, h) view of a camera whose top-left corner is at ``offset`` (x, y; sub-pixel) of ``canvas``
+    (bilinear, mirrored borders): simulated camera motion for demos, soaks and benchmarks."""
+    m = np.float32([[1, 0, -offset[0]], [0, 1, -offset[1]]])
+    return cv2.warpAffine(canvas, m, tuple(size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
 def _fit(frame: np.ndarray, max_side: int | None) -> np.ndarray:
     if max_side and max(frame.shape[:2]) > max_side:
         s = max_side / max(frame.shape[:2])

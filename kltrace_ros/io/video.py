@@ -12,6 +12,7 @@ from kltrace_ros.tracking.tracker import track_record
 
 from .drawing import Trails, draw_tracks, heatmap_image
 from .files import discard, partial_path, write_json
+from .images import read_frames, video_info
 
 
 class VideoWriter:
@@ -81,3 +82,13 @@ def track_video(pipeline, frames, out_video: Path | None, out_tracks: Path | Non
     return {"frames": n_frames, "pairs": len(records), "tracks": n_pts, "seconds": total_s,
             "tracks_per_s": n_pts / total_s if total_s else 0.0,
             "latency_ms": 1000 * float(np.mean(seconds)) if seconds else 0.0}
+
+
+def track_file(pipeline, path: Path, out_video: Path | None, out_tracks: Path | None, max_frames: int | None = None,
+               max_side: int | None = 640, view=None, progress=tqdm) -> dict:
+    """:func:`track_video` on a video file or image folder, at the video's own frame rate (stamps and the
+    overlay video; 10 fps when the container does not say)."""
+    fps, total = video_info(path)
+    total = min(total, max_frames) if total and max_frames else (total or max_frames)
+    return track_video(pipeline, read_frames(path, max_frames, max_side), out_video, out_tracks, fps=fps,
+                       total=total, view=view, progress=progress)

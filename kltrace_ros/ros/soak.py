@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from kltrace_ros.io.image_msgs import rgb_to_image
-from kltrace_ros.io.images import skimage_photo
+from kltrace_ros.io.images import camera_view, skimage_photo
 from kltrace_ros.io.messages import stamp_ns
 from kltrace_ros.msg import TrackArray
 
@@ -76,9 +76,7 @@ class Pan:
         return np.array([x, y])
 
     def frame(self, i: int) -> np.ndarray:
-        ox, oy = self.offset(i)
-        m = np.float32([[1, 0, -ox], [0, 1, -oy]])
-        return cv2.warpAffine(self.canvas, m, (self.w, self.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        return camera_view(self.canvas, (self.w, self.h), self.offset(i))
 
 
 @dataclass

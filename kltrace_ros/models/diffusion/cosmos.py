@@ -1,12 +1,13 @@
 """Cosmos-Predict2 Video2World (diffusers' Cosmos2VideoToWorldPipeline components) as a perturb-and-track
 predictor.
 
-One prediction: a five-frame clip (frame 1, clean or traced, then the real frame 2 four times: the Wan VAE
-packs 1 + 4k frames into 1 + k latent frames) is encoded to two latent frames; the first is the condition,
-held at its clean latents at every step as Video2World does, the second is noised to ``noise_level`` of the
-sampler's schedule and denoised by the transformer (EDM-style preconditioning in the flow-matching
-parameterisation, an empty prompt encoded once at load, fps 16, no classifier-free guidance). The first
-decoded frame after the condition is the prediction of frame 2.
+One prediction: two latent frames, the first the condition (frame 1, clean or traced, encoded on its own and
+held at its clean latents at every step as Video2World does), the second the real frame 2 (encoded in a clip
+of its own: the Wan VAE is causal and packs 1 + 4k frames into 1 + k latent frames) noised to
+``noise_level`` of the sampler's schedule and denoised by the transformer (EDM-style preconditioning in the
+flow-matching parameterisation, sigmas 80 -> 0.002 as the pipeline sets them, an empty prompt encoded once at
+load, fps 16, no classifier-free guidance). The denoised latent, decoded behind frame 2's own first latent,
+gives four frames; the last (the one that depends least on the latent before it) is the prediction of frame 2.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .predictor import DiffusionPredictor, component
 from .spec import DiffusionSettings
 
 FPS = 16
+SIGMA_MAX, SIGMA_MIN = 80.0, 0.002   # the Video2World pipeline's noise range
 SIGMA_CONDITION = 1e-4          # noise level the conditioning latent frame is presented at
 MAX_PROMPT_TOKENS = 512
 
@@ -41,6 +43,9 @@ class CosmosPredictor(DiffusionPredictor):
         self.transformer = component(CosmosTransformer3DModel, folder, "transformer", device)
         self.vae = component(AutoencoderKLWan, folder, "vae", device)
         self.scheduler = component(FlowMatchEulerDiscreteScheduler, folder, "scheduler")
+        # what Cosmos2VideoToWorldPipeline sets on its scheduler (a folder's scheduler config alone lacks it)
+        self.scheduler.register_to_config(sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0,
+                                          final_sigmas_type="sigma_min")
         spatial = 2 ** len(self.vae.config.temperal_downsample)
         self.temporal = 2 ** sum(self.vae.config.temperal_downsample)
         super().__init__(f"cosmos:{folder}", settings, device, patch=spatial)
@@ -50,7 +55,7 @@ class CosmosPredictor(DiffusionPredictor):
         z = self.vae.config.z_dim
         self.lat_mean = torch.tensor(self.vae.config.latents_mean, device=self.device).view(1, z, 1, 1, 1)
         self.lat_std = torch.tensor(self.vae.config.latents_std, device=self.device).view(1, z, 1, 1, 1)
-        self.sigma_data = float(self.scheduler.config.get("sigma_data", 1.0))
+        self.sigma_data = 1.0
 
     def _empty_prompt(self, folder: Path) -> torch.Tensor:
         tok = component(AutoTokenizer, folder, "tokenizer")
@@ -70,25 +75,35 @@ class CosmosPredictor(DiffusionPredictor):
         lat = self.vae.encode(video.to(self.dtype)).latent_dist.mode().float()
         return (lat - self.lat_mean) / self.lat_std * self.sigma_data
 
-    def _predict(self, cond: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, cond: torch.Tensor, target: torch.Tensor) -> dict:
+        # The Wan VAE is causal: frame 1 is encoded on its own (its latent frame), and the real frame 2 in a clip
+        # of its own (frame 2 then frame 2 repeated), so that the target latent never sees the tracer.
+        target_clip = self._latents(target.unsqueeze(2).expand(-1, -1, 1 + self.temporal, -1, -1))   # (B,C,2,h,w)
+        x0 = torch.cat([self._latents(cond.unsqueeze(2)), target_clip[:, :, 1:]], 2)
+        return {"x0": x0, "decode_first": target_clip[:, :, :1], "size": cond.shape[-2:]}
+
+    def schedule(self) -> tuple[torch.Tensor, int]:
+        """The sampler's sigmas for ``steps`` (80 -> 0.002, as the pipeline sets them) and the start index."""
         s, sched = self.settings, self.scheduler
-        b = len(cond)
-        clip = torch.cat([cond.unsqueeze(2), target.unsqueeze(2).expand(-1, -1, self.temporal, -1, -1)], 2)
-        x0 = self._latents(clip)                                              # (B,C,2,h,w)
         sched.set_timesteps(sigmas=np.linspace(0, 1, s.steps), device=self.device)
-        if sched.config.get("final_sigmas_type") == "sigma_min":
-            sched.sigmas[-1] = sched.sigmas[-2]
+        sched.sigmas[-1] = sched.sigmas[-2]                                  # final sigma: sigma_min, not 0
         start = min(s.steps - 1, round(s.steps * (1 - s.noise_level)))
         sched.set_begin_index(start)
-        lat = x0 + sched.sigmas[start].to(self.device) * noise                # partial inversion
+        return sched.sigmas, start
+
+    def _denoise(self, prep: dict, noise: torch.Tensor) -> torch.Tensor:
+        sched, x0 = self.scheduler, prep["x0"]
+        b = len(x0)
+        sigmas, start = self.schedule()
+        lat = x0 + sigmas[start].to(self.device) * noise                        # partial inversion
         is_cond = torch.zeros(1, 1, 2, 1, 1, device=self.device)
         is_cond[:, :, 0] = 1.0
         cond_mask = is_cond.expand(b, 1, 2, *x0.shape[-2:]).to(self.dtype)
-        padding = x0.new_zeros(1, 1, *cond.shape[-2:], dtype=self.dtype)
+        padding = x0.new_zeros(1, 1, *prep["size"], dtype=self.dtype)
         t_cond = SIGMA_CONDITION / (SIGMA_CONDITION + 1)
         prompt = self.prompt.expand(b, -1, -1)
         for i, t in enumerate(sched.timesteps[start:], start):
-            sigma = sched.sigmas[i].to(self.device).float()
+            sigma = sigmas[i].to(self.device).float()
             frac = sigma / (sigma + 1)                                          # flow time of this sigma
             x_in = is_cond * x0 + (1 - is_cond) * lat * (1 - frac)
             tt = (is_cond * t_cond + (1 - is_cond) * frac).expand(b, 1, 2, 1, 1)
@@ -97,6 +112,7 @@ class CosmosPredictor(DiffusionPredictor):
                                    padding_mask=padding, return_dict=False)[0].float()
             x0_hat = is_cond * x0 + (1 - is_cond) * ((1 - frac) * lat - frac * out)
             lat = sched.step((lat - x0_hat) / sigma, t, lat, return_dict=False)[0]
-        lat = lat * self.lat_std / self.sigma_data + self.lat_mean
-        video = self.vae.decode(lat.to(self.dtype), return_dict=False)[0]   # (B,3,T,H,W)
-        return video[:, :, 1]
+        # decoded behind the real frame 2's own first latent (the same in every run), not behind the condition
+        lat = torch.cat([prep["decode_first"], lat[:, :, 1:]], 2) * self.lat_std / self.sigma_data + self.lat_mean
+        # (B,3,T,H,W): the last of the four frames latent 1 decodes to (the earlier ones lean on latent 0)
+        return self.vae.decode(lat.to(self.dtype), return_dict=False)[0][:, :, -1]

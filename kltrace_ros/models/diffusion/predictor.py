@@ -5,7 +5,9 @@ A diffusion model has no per-patch distribution, so only the RGB variant applies
 traced), made from the real frame-2 latents noised to ``noise_level`` and denoised with noise drawn from a
 generator seeded the same way on every call. Two calls that differ only in the tracer therefore see the
 same noise, and their RGB difference is the tracer's effect alone (exactly zero without a tracer). Each
-family (``svd.py``, ``cosmos.py``) supplies ``_predict(cond, target, noise)`` and ``noise_shape(batch)``.
+family (``svd.py``, ``cosmos.py``) supplies ``_prepare(cond, target)``, ``_denoise(prepared, noise)`` and
+``noise_shape(batch)``; the real frame 2 is encoded and the prediction decoded without frame 1 in view, so
+that the tracer reaches the prediction only through the model, never through the VAE.
 """
 from __future__ import annotations
 
@@ -61,22 +63,31 @@ class DiffusionPredictor:
     def noise_shape(self, batch: int) -> tuple:
         raise NotImplementedError
 
-    def _predict(self, cond: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, cond: torch.Tensor, target: torch.Tensor):
+        """What every noise draw of a chunk shares (embeddings, clean latents); frames in [-1,1]."""
+        raise NotImplementedError
+
+    def _denoise(self, prepared, noise: torch.Tensor) -> torch.Tensor:
+        """(B,3,w,w) prediction of frame 2 in [-1,1] for one noise draw."""
         raise NotImplementedError
 
     @torch.no_grad()
     def predict_rgb(self, sources: torch.Tensor, targets: torch.Tensor, reveal: torch.Tensor) -> torch.Tensor:
         """(B,3,w,w) prediction of the target in [0,1], averaged over ``samples`` draws; sources (B,3,w,w) and
         targets (B or 1,3,w,w) in [0,1]. The same draws on every call (seeded generator, one draw shared by
-        the whole batch), in chunks of ``batch`` variants."""
+        the whole batch). Variants go through the model in chunks of exactly ``batch`` (the last one padded),
+        so that a clean call and a traced call run the same kernels and differ only by the tracer."""
         s = self.settings
         gen = torch.Generator("cpu").manual_seed(s.seed)
         noises = [torch.randn(self.noise_shape(1), generator=gen).to(self.device) for _ in range(s.samples)]
-        targets = targets.expand(len(sources), -1, -1, -1)
+        n = len(sources)
+        targets = targets.expand(n, -1, -1, -1)
         out = []
-        for i in range(0, len(sources), s.batch):
-            cond = sources[i:i + s.batch].to(self.device, self.dtype) * 2 - 1
-            target = targets[i:i + s.batch].to(self.device, self.dtype) * 2 - 1
-            acc = sum(self._predict(cond, target, n.expand(len(cond), *n.shape[1:])).float() for n in noises)
-            out.append(((acc / s.samples + 1) / 2).clamp(0, 1).cpu())
+        for i in range(0, n, s.batch):
+            idx = torch.arange(i, i + s.batch).clamp(max=n - 1)           # pad with the last variant
+            cond = sources[idx].to(self.device, self.dtype) * 2 - 1
+            target = targets[idx].to(self.device, self.dtype) * 2 - 1
+            prepared = self._prepare(cond, target)
+            acc = sum(self._denoise(prepared, z.expand(s.batch, *z.shape[1:])).float() for z in noises)
+            out.append(((acc / s.samples + 1) / 2).clamp(0, 1)[: min(s.batch, n - i)].cpu())
         return torch.cat(out)

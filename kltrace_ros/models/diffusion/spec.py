@@ -16,8 +16,8 @@ from pathlib import Path
 class DiffusionSettings:
     """The two-run difference recipe (documented in the README):
 
-    the real frame-2 latents are noised to ``noise_level`` (a fraction of the sampler's schedule: 0 keeps them,
-    1 is pure noise), then denoised twice with the same noise and seed, once conditioned on the clean frame 1
+    the real frame-2 latents are noised to the sigma of the step ``noise_level`` of the way into the sampler's
+    schedule (the fraction of its steps that are run; 1 is pure noise), then denoised twice with the same noise and seed, once conditioned on the clean frame 1
     and once on the traced one; the RGB difference of the two predictions, averaged over ``samples`` noise
     draws, is the map. ``steps``: the sampler's steps for the whole schedule (about ``steps * noise_level``
     are run). ``size``: the square working resolution (px; a multiple of 16). ``batch``: traced variants per

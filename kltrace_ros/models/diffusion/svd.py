@@ -4,7 +4,7 @@ One prediction: a two-frame clip (frame 0 = the conditioning frame 1, clean or t
 frame 2) is encoded with the VAE and noised to ``noise_level`` of the Euler schedule; the UNet denoises it,
 conditioned the SVD way on frame 1 (its CLIP image embedding and its VAE latents beside every frame, added
 time ids fps=6, motion bucket 127, no noise augmentation so that runs are deterministic), without
-classifier-free guidance; the decoded frame 1 of the clip is the prediction of frame 2.
+classifier-free guidance; frame 1 of the clip, decoded on its own, is the prediction of frame 2.
 """
 from __future__ import annotations
 
@@ -51,22 +51,23 @@ class SVDPredictor(DiffusionPredictor):
         x = ((x - self.clip_mean) / self.clip_std).to(self.dtype)
         return self.image_encoder(x).image_embeds.unsqueeze(1)
 
-    def _predict(self, cond: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, cond: torch.Tensor, target: torch.Tensor) -> dict:
+        sf = self.vae.config.scaling_factor
+        cond_lat = self.vae.encode(cond).latent_dist.mode()                           # (B,C,h,w), unscaled
+        clip = torch.stack([cond_lat, self.vae.encode(target).latent_dist.mode()], 1) * sf   # frame-wise encoder
+        return {"emb": self._clip_embedding(cond), "beside": cond_lat.unsqueeze(1).expand(-1, 2, -1, -1, -1),
+                "clip": clip.float(), "ids": self.time_ids.expand(len(cond), -1)}
+
+    def _denoise(self, prep: dict, noise: torch.Tensor) -> torch.Tensor:
         s, sched, sf = self.settings, self.scheduler, self.vae.config.scaling_factor
-        b = len(cond)
-        emb = self._clip_embedding(cond)
-        cond_lat = self.vae.encode(cond).latent_dist.mode()                          # (B,C,h,w), unscaled
-        clip = torch.stack([cond_lat, self.vae.encode(target).latent_dist.mode()], 1) * sf   # (B,2,C,h,w)
         sched.set_timesteps(s.steps, device=self.device)
         start = min(s.steps - 1, round(s.steps * (1 - s.noise_level)))
         sched.set_begin_index(start)
         timesteps = sched.timesteps[start:]
-        lat = sched.add_noise(clip.float(), noise, timesteps[:1])                    # partial inversion
-        beside = cond_lat.unsqueeze(1).expand(-1, 2, -1, -1, -1)
-        ids = self.time_ids.expand(b, -1)
+        lat = sched.add_noise(prep["clip"], noise, timesteps[:1])                     # partial inversion
         for t in timesteps:
-            x = torch.cat([sched.scale_model_input(lat, t).to(self.dtype), beside], dim=2)
-            eps = self.unet(x, t, encoder_hidden_states=emb, added_time_ids=ids, return_dict=False)[0]
+            x = torch.cat([sched.scale_model_input(lat, t).to(self.dtype), prep["beside"]], dim=2)
+            eps = self.unet(x, t, encoder_hidden_states=prep["emb"], added_time_ids=prep["ids"], return_dict=False)[0]
             lat = sched.step(eps.float(), t, lat, return_dict=False)[0]
-        frames = self.vae.decode((lat / sf).flatten(0, 1).to(self.dtype), num_frames=2).sample   # (B*2,3,H,W)
-        return frames.view(b, 2, *frames.shape[1:])[:, 1]
+        # frame 1 of the clip decoded alone: the temporal decoder would otherwise mix in frame 0 (the condition)
+        return self.vae.decode((lat[:, 1] / sf).to(self.dtype), num_frames=1).sample
