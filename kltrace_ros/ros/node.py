@@ -232,7 +232,10 @@ class KLTraceNode(Node):
 
     def _check_parameters(self, params) -> SetParametersResult:
         """Before rclpy applies a change (ranges are checked by the descriptors): the work budget."""
-        new = {**self.params, **{prm.name: prm.value for prm in params if prm.name in PARAMETERS}}
+        # against every change rclpy has accepted so far (self.params is the worker's copy, updated between pairs:
+        # two quick changes would otherwise each be checked without the other)
+        accepted = {name: self.get_parameter(name).value for name in PARAMETERS}
+        new = {**accepted, **{prm.name: prm.value for prm in params if prm.name in PARAMETERS}}
         reason = self._over_budget(new)
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
