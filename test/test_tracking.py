@@ -71,7 +71,9 @@ def test_pipeline_stream_reset_rule_and_frame_gap():
     assert pipe.push(frame(3), 100, 1) is None                    # closer than frame_gap
     res = pipe.push(frame(6), 200, 2)
     assert (res.older_stamp_ns, res.newer_stamp_ns) == (0, 200)
-    assert np.median([t.vx for t in res.tracks]) == pytest.approx(6.0, abs=0.5)   # px per traced pair
+    assert res.frames == 2
+    assert np.median([t.vx for t in res.tracks]) == pytest.approx(3.0, abs=0.25)  # px per frame (6 px in 2 frames)
+    assert np.median(res.ends[:, 0] - res.starts[:, 0]) == pytest.approx(6.0, abs=0.5)   # per pair
     ids = {t.id for t in res.tracks}
     assert pipe.push(frame(9), 150, 4) is None and reasons[-1].kind == "time" and "time jumped back" in str(reasons[-1])
     res = pipe.push(frame(12), 450, 6)

@@ -184,7 +184,8 @@ def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, cycles: list,
             continue
         true = -(pan.offset(published[new][0]) - pan.offset(published[old][0]))   # content motion in the frame
         latency.append(1000 * (rec.received_at[new] - published[new][1]))
-        vis = np.array([[t.vx, t.vy] for t in m.tracks if t.visible]).reshape(-1, 2)   # px over the traced pair
+        gap = published[new][0] - published[old][0]                               # frames of the traced pair
+        vis = gap * np.array([[t.vx, t.vy] for t in m.tracks if t.visible]).reshape(-1, 2)   # px/frame -> px/pair
         err = np.linalg.norm(vis - true, axis=1) if len(vis) else np.zeros(0)
         if np.linalg.norm(true) >= 60:
             large_vis.append(len(vis) / max(len(m.tracks), 1))

@@ -36,6 +36,8 @@ class PairResult:
     seconds: float
     older_stamp_ns: int = 0
     newer_stamp_ns: int = 0
+    frames: int = 1              # frames from the older to the newer image (dropped ones counted): tracks' vx, vy
+    #                              are px per frame (displacement / frames); ends - starts is per pair
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,18 @@ class TrackingPipeline:
             return None
         if index - self.older.index < self.frame_gap:
             return None
-        res = self.step(self.older.rgb, rgb)
+        res = self.step(self.older.rgb, rgb, index - self.older.index)
         res.older_stamp_ns, res.newer_stamp_ns = self.older.stamp_ns, stamp_ns
         self.older = Frame(rgb, stamp_ns, index)
         return res
 
-    def step(self, older: np.ndarray, newer: np.ndarray) -> PairResult:
-        """Seed on the older image if needed, trace the live tracks into the newer one, update them."""
+    def step(self, older: np.ndarray, newer: np.ndarray, frames: int = 1) -> PairResult:
+        """Seed on the older image if needed, trace the live tracks into the newer one (``frames`` later), update
+        them."""
         t0 = time.perf_counter()
         self.tracker.seed(older)
         starts = self.tracker.query_points()
         res = self.engine.track(older, newer, starts, self.trace, self.cancel)
-        tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2])
+        tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2], frames)
         return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, frames=frames)

@@ -124,8 +124,9 @@ class PointTracker:
             live = np.vstack([live, p[None]])
             need -= 1
 
-    def update(self, points, visible, confidence, image_size) -> list:
-        """Apply tracing results (aligned with :meth:`query_points`) for a pair with the newer image of (H, W)."""
+    def update(self, points, visible, confidence, image_size, frames: int = 1) -> list:
+        """Apply tracing results (aligned with :meth:`query_points`) for a pair with the newer image of (H, W),
+        ``frames`` after the older one: velocities are px per frame."""
         h, w = image_size
         kept = []
         points = np.asarray(points).reshape(-1, 2)
@@ -135,7 +136,7 @@ class PointTracker:
             t.age += 1
             t.confidence = float(c)
             if v:
-                t.vx, t.vy = float(p[0] - t.x), float(p[1] - t.y)
+                t.vx, t.vy = float(p[0] - t.x) / frames, float(p[1] - t.y) / frames
                 t.x, t.y = float(p[0]), float(p[1])
                 t.visible, t.occluded_for = True, 0
             else:
