@@ -8,7 +8,7 @@ import pytest
 
 from kltrace_ros.eval.baselines import dis, lucas_kanade, zero_motion
 from kltrace_ros.eval.datasets import FLO_MAGIC, load_pairs, make_queries, read_flo
-from kltrace_ros.eval.metrics import tapvid_metrics
+from kltrace_ros.eval.metrics import by_motion, scaled_errors, tapvid_metrics
 
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
@@ -69,6 +69,23 @@ def test_tapvid_metrics_by_hand():
     assert tapvid_metrics(pred, pv, gt, gv, (256, 512))["EPE"] < m["EPE"]
 
 
+def test_metrics_by_motion_bin_by_hand():
+    q = np.array([[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]], float)
+    gt = np.array([[2, 0], [10, 0], [30, 0], [100, 0], [5, 0]], float)       # motions 2, 10, 30, 100, (hidden)
+    gv = np.array([True, True, True, True, False])
+    pred = gt + [[0.5, 0], [3, 0], [20, 0], [0, 0], [0, 0]]
+    err, motion = scaled_errors(pred, gt, q, gv, (256, 256))
+    assert np.allclose(err, [0.5, 3, 20, 0]) and np.allclose(motion, [2, 10, 30, 100])
+    b = by_motion(err, motion)
+    assert list(b) == ["0-4", "4-16", "16-64", ">64"]
+    assert b["0-4"] == {"delta_avg": 100.0, "EPE": 0.5, "n": 1}
+    assert b["4-16"]["delta_avg"] == pytest.approx(60.0) and b["4-16"]["EPE"] == 3.0   # within 4, 8, 16 of 5
+    assert b["16-64"]["delta_avg"] == 0.0 and b[">64"]["EPE"] == 0.0
+    err2, motion2 = scaled_errors(pred, gt, q, gv, (512, 512))            # px at 256: a 512 image halves them
+    b2 = by_motion(err2, motion2)
+    assert np.allclose(motion2, motion / 2) and b2["4-16"]["n"] == 2 and b2[">64"]["n"] == 0
+
+
 def test_baselines_follow_a_translation(tmp_path):
     f1, f2 = make_folder(tmp_path)
     q = np.array([[100.0, 100.0], [150.0, 80.0], [60.0, 140.0]])
@@ -92,7 +109,11 @@ def test_eval_command_writes_results_and_pictures(tmp_path):
     # KL-tracing with the embedded model follows the (3, -2) px shift: far better than not moving
     assert res["overall"]["kl"]["EPE"] < 0.5 * res["overall"]["zero"]["EPE"], res["overall"]
     assert res["overall"]["kl"]["delta_avg"] > res["overall"]["zero"]["delta_avg"] + 20, res["overall"]
-    assert "| kl |" in proc.stdout
+    assert "| kl |" in proc.stdout and "motion 4-16 px" in proc.stdout
+    per = res["by_motion"]["kl"]                        # one shift, (3, -2.7) px at 256: every point in one bin
+    assert sum(v["n"] for v in per.values()) == sum(r["kl"]["n_visible"] for r in res["pairs"].values()) > 0
+    (moving,) = [b for b, v in per.items() if v["n"]]
+    assert moving == "4-16" and per[moving]["EPE"] < res["by_motion"]["zero"][moving]["EPE"]
     for png in ("summary.png", "pairs.png"):
         assert (out / png).stat().st_size > 1000
     bad = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "eval", str(tmp_path / "nothing")],

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .baselines import BASELINES
 from .datasets import load_pairs, make_queries
-from .metrics import tapvid_metrics
+from .metrics import by_motion, scaled_errors, tapvid_metrics
 
 METRICS = ("delta_avg", "AJ", "OA", "EPE")
 
@@ -29,8 +29,9 @@ def evaluate(root: Path, methods=("kl", "rgb", "zero", "lk", "dis"), engines: di
     for m in methods:
         if m not in BASELINES and m not in engines:
             raise ValueError(f"unknown method {m!r}: use one of {sorted(set(BASELINES) | set(engines))}")
-    results = {"pairs": {}, "overall": {}, "timing_s_per_point": {}, "n_queries": n_queries}
+    results = {"pairs": {}, "overall": {}, "by_motion": {}, "timing_s_per_point": {}, "n_queries": n_queries}
     preds = {}
+    pooled = {m: ([], []) for m in methods}      # per method: errors and ground-truth motions of visible points
     spent = {m: 0.0 for m in methods}
     npts = 0
     for pair in tqdm(pairs, desc="eval", unit="pair"):
@@ -48,10 +49,13 @@ def evaluate(root: Path, methods=("kl", "rgb", "zero", "lk", "dis"), engines: di
             spent[m] += time.perf_counter() - t0
             results["pairs"][pair.id][m] = tapvid_metrics(p, pv, t, vis, pair.frame1.shape[:2])
             preds[pair.id][m] = p
+            for acc, arr in zip(pooled[m], scaled_errors(p, t, q, vis, pair.frame1.shape[:2])):
+                acc.append(arr)
     for m in methods:
         rows = [results["pairs"][pid][m] for pid in results["pairs"]]
         results["overall"][m] = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
         results["timing_s_per_point"][m] = spent[m] / max(npts, 1)
+        results["by_motion"][m] = by_motion(*(np.concatenate(a) if a else np.zeros(0) for a in pooled[m]))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -62,10 +66,18 @@ def evaluate(root: Path, methods=("kl", "rgb", "zero", "lk", "dis"), engines: di
 
 
 def format_table(results: dict) -> str:
+    """The totals (mean over pairs), then delta_avg / EPE per bin of ground-truth motion (visible points pooled)."""
     lines = ["| method | delta_avg | AJ | OA | EPE (px@256) | s/point |", "|---|---|---|---|---|---|"]
     for m, r in results["overall"].items():
         lines.append(f"| {m} | {r['delta_avg']:.1f} | {r['AJ']:.1f} | {r['OA']:.1f} | {r['EPE']:.2f} | "
                      f"{results['timing_s_per_point'][m]:.4f} |")
+    bins = next(iter(results["by_motion"].values()), {})
+    if bins:
+        lines += ["", "| method | " + " | ".join(f"motion {b} px: delta_avg / EPE (n)" for b in bins) + " |",
+                  "|---|" + "---|" * len(bins)]
+        for m, per in results["by_motion"].items():
+            cells = [f"{v['delta_avg']:.1f} / {v['EPE']:.2f} ({v['n']})" if v["n"] else "- (0)" for v in per.values()]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
