@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kltrace-setup
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo suite clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/kltrace demo
+
+# the large-motion evaluation suite (freely licensed photos, exact ground truth): out/large_motion
+suite: setup
+	$(VENV)/bin/kltrace make-suite out/large_motion
 
 clean:
 	rm -rf $(VENV) build

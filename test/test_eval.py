@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 
 from kltrace_ros.eval.baselines import dis, lucas_kanade, zero_motion
-from kltrace_ros.eval.datasets import FLO_MAGIC, load_pairs, make_queries, read_flo
+from kltrace_ros.eval.datasets import load_pairs, make_queries, read_flo, write_flo
 from kltrace_ros.eval.metrics import by_motion, scaled_errors, tapvid_metrics
 
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
-
-
-def write_flo(path, flow):
-    h, w = flow.shape[:2]
-    with open(path, "wb") as f:
-        np.array([FLO_MAGIC], np.float32).tofile(f)
-        np.array([w, h], np.int32).tofile(f)
-        flow.astype(np.float32).tofile(f)
 
 
 def make_folder(root, d=(3.0, -2.0)):

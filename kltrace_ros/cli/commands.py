@@ -17,6 +17,7 @@ from kltrace_ros import __version__
 from kltrace_ros.eval import bench
 from kltrace_ros.eval.calibrate import calibrate
 from kltrace_ros.eval.run import evaluate, format_table
+from kltrace_ros.eval.suite import make_suite
 from kltrace_ros.io.files import write_json
 from kltrace_ros.io.images import read_rgb
 from kltrace_ros.io.video import track_file
@@ -33,7 +34,7 @@ CHUNK = 256   # track-pair: query points per engine call (progress is shown past
 
 def register(sub) -> None:
     for add in (_add_version, _add_train, _add_track_pair, _add_eval, _add_video, _add_demo, _add_bench,
-                _add_fetch_lras, _add_calibrate, _add_bag, _add_bags):
+                _add_fetch_lras, _add_calibrate, _add_bag, _add_bags, _add_make_suite):
         add(sub)
 
 
@@ -233,6 +234,22 @@ def _run_bag(args) -> int:
     stats = run_offline(args, lambda pipe, view: process_bag(args.input, args.topic, args.out, pipe,
                                                              overlay=not args.no_overlay, view=view))
     print(f"wrote {args.out}: {stats}")
+    return 0
+
+
+def _add_make_suite(sub) -> None:
+    p = sub.add_parser("make-suite", help="build the large-motion evaluation suite from freely licensed photos "
+                                          "(flow-gt layout for kltrace eval; deterministic)")
+    p.add_argument("out", type=Path, nargs="?", default=Path("out/large_motion"))
+    p.add_argument("--pairs", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_make_suite)
+
+
+def _run_make_suite(args) -> int:
+    if args.pairs < 1:
+        raise ValueError(f"--pairs {args.pairs}: give at least 1")
+    print(f"suite: {make_suite(args.out, args.pairs, args.seed)} (kltrace eval {args.out})")
     return 0
 
 

@@ -32,6 +32,15 @@ def read_flo(path: Path) -> np.ndarray:
     return flow
 
 
+def write_flo(path: Path, flow: np.ndarray) -> None:
+    """Middlebury .flo of an (H,W,2) flow; NaN (unknown) is written as 1e10."""
+    h, w = flow.shape[:2]
+    with open(path, "wb") as f:
+        np.array([FLO_MAGIC], np.float32).tofile(f)
+        np.array([w, h], np.int32).tofile(f)
+        np.nan_to_num(flow.astype(np.float32), nan=1e10).tofile(f)
+
+
 @dataclass
 class Pair:
     id: str
