@@ -11,6 +11,8 @@ that the tracer reaches the prediction only through the model, never through the
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .spec import DiffusionSettings
@@ -24,8 +26,9 @@ def weights_dtype(device) -> torch.dtype:
 
 
 def component(kind, folder, sub: str, device=None):
-    """``kind.from_pretrained`` on ``folder/sub``, never downloading; with a ``device``: model weights, from
-    safetensors only (no pickle), in :func:`weights_dtype`."""
+    """``kind.from_pretrained`` on the local ``folder/sub``, never downloading (local files only, the Hub
+    offline); with a ``device``: model weights, from safetensors only (no pickle), in :func:`weights_dtype`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kw = {"subfolder": sub, "local_files_only": True}
     if device is not None:
         kw.update(torch_dtype=weights_dtype(device), use_safetensors=True)
