@@ -108,26 +108,34 @@ def options(params: dict) -> Options:
 
 
 class FrameSlot:
-    """Size-1 drop-oldest hand-off from a subscription callback to the worker."""
+    """Size-1 drop-oldest hand-off from a subscription callback to the worker. It also keeps the camera's frame
+    period (median of the last stamp steps), so that frames lost on the way are counted too."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._msg = None
         self.received = 0
         self.dropped = 0
+        self._last_stamp = None
+        self._steps: deque = deque(maxlen=31)
 
     def put(self, msg) -> None:
+        stamp = stamp_ns(msg.header.stamp)
         with self._lock:
             self.received += 1
             if self._msg is not None:
                 self.dropped += 1
             self._msg = msg
+            if self._last_stamp is not None and stamp > self._last_stamp:
+                self._steps.append(stamp - self._last_stamp)
+            self._last_stamp = stamp
 
     def take(self):
-        """(message or None, its index in the stream)."""
+        """(message or None, its index in the stream, the camera's frame period in ns or None)."""
         with self._lock:
             msg, self._msg = self._msg, None
-            return msg, self.received
+            period = float(np.median(self._steps)) if self._steps else None
+            return msg, self.received, period
 
 
 @dataclass
@@ -252,9 +260,9 @@ class KLTraceNode(Node):
             for cam in self.cameras:
                 try:
                     self._apply_commands()
-                    msg, index = cam.slot.take()
+                    msg, index, period = cam.slot.take()
                     if msg is not None and not self.stopping.is_set():
-                        self._process(cam, msg, index)
+                        self._process(cam, msg, index, period)
                 except Cancelled:
                     return
                 except ImageError as err:
@@ -306,11 +314,11 @@ class KLTraceNode(Node):
         else:
             self.get_logger().warning(text, throttle_duration_sec=5.0)
 
-    def _process(self, cam: Camera, msg, index: int) -> None:
+    def _process(self, cam: Camera, msg, index: int, period_ns: float | None = None) -> None:
         limit = self.params["max_image_pixels"]
         rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
         t_in = time.monotonic()
-        res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index)
+        res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index, period_ns)
         if res is None:
             return
         cam.processed += 1

@@ -79,9 +79,11 @@ class TrackingPipeline:
         self.tracker.reset()
         self.older = None
 
-    def push(self, rgb: np.ndarray, stamp_ns: int, index: int) -> PairResult | None:
+    def push(self, rgb: np.ndarray, stamp_ns: int, index: int, period_ns: float | None = None) -> PairResult | None:
         """Take the next frame of the stream; returns the traced pair's result, or None (first frame of a
-        sequence, or closer than ``frame_gap`` to the frame the tracks live on)."""
+        sequence, or closer than ``frame_gap`` to the frame the tracks live on). The frames between the two
+        images of a pair are counted from the stamps when the camera's frame period is known (``period_ns``:
+        frames lost in transport count too), else from the stream indices."""
         reason = reset_reason(self.older, rgb, stamp_ns)
         if reason is not None:
             self.reset()
@@ -92,7 +94,9 @@ class TrackingPipeline:
             return None
         if index - self.older.index < self.frame_gap:
             return None
-        res = self.step(self.older.rgb, rgb, index - self.older.index)
+        frames = (max(1, round((stamp_ns - self.older.stamp_ns) / period_ns)) if period_ns
+                  else max(1, index - self.older.index))
+        res = self.step(self.older.rgb, rgb, frames)
         res.older_stamp_ns, res.newer_stamp_ns = self.older.stamp_ns, stamp_ns
         self.older = Frame(rgb, stamp_ns, index)
         return res
