@@ -96,3 +96,30 @@ def test_no_queries_and_bad_images():
                 {"fb_threshold": -1.0}, {"masks": 0}, {"scales": 1000}, {"masks": 2.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TraceConfig(**bad)
+
+
+def test_motion_prior_reaches_beyond_the_search_and_a_wrong_prior_is_corrected():
+    """The embedded model: a 33 px motion is beyond its reach from the query, found from a prior 5-7 px off."""
+    cv2 = pytest.importorskip("cv2")
+    from skimage import data
+
+    from kltrace_ros.tracking.builder import Options, load_engine
+
+    img = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
+
+    def view(dx, dy):
+        m = np.float32([[1, 0, dx - 32], [0, 1, dy - 32]])
+        return cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT)
+
+    engine = load_engine(Options(fb_threshold=0.0))
+    q = np.random.default_rng(0).uniform(60, 196, (24, 2))
+    f1, f2 = view(0, 0), view(30, 15)
+    truth = q + [30, 15]
+    err = {}
+    for name, prior in (("none", None), ("off", truth + [5, -5]), ("other way", truth + [-7, 7])):
+        err[name] = np.linalg.norm(engine.track(f1, f2, q, prior=prior).points - truth, axis=1)
+    assert np.median(err["none"]) > 10, err                    # out of reach without a prior
+    for name in ("off", "other way"):                          # the search corrects the prior's error
+        assert np.median(err[name]) < 1.5 and (err[name] < 2).mean() >= 0.75, (name, err[name])
+    with pytest.raises(ValueError, match="prior must be finite"):
+        engine.track(f1, f2, q, prior=truth[:3])

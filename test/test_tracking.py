@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kltrace_ros.tracking.tracker import PointTracker, TrackerConfig
+from kltrace_ros.tracking.tracker import PointTracker, Track, TrackerConfig
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -80,3 +80,35 @@ def test_pipeline_stream_reset_rule_and_frame_gap():
     assert res is not None and not ids & {t.id for t in res.tracks}
     assert pipe.push(cv2.resize(frame(12), (160, 120)), 600, 8) is None
     assert str(reasons[-1]) == "image size changed 320x240 -> 160x120: tracks reset" and len(reasons) == 2
+
+
+def test_motion_prior_from_own_velocity_or_neighbours():
+    tr = PointTracker(TrackerConfig(num_points=4))
+    assert tr.predictions(3) is None                            # no history: no prior
+    tr.tracks = [Track(1, 10.0, 10.0, vx=2.0, vy=-1.0, age=2), Track(2, 50.0, 20.0, vx=4.0, vy=1.0, age=5),
+                 Track(3, 30.0, 30.0, vx=0.0, vy=0.0, age=3, visible=False), Track(4, 70.0, 5.0)]
+    p = tr.predictions(3)
+    assert np.allclose(p[0], [16, 7]) and np.allclose(p[1], [62, 23])      # own velocity x frames
+    assert np.allclose(p[2], [39, 30]) and np.allclose(p[3], [79, 5])      # median of those seen moving
+
+
+def test_pipeline_prior_follows_motion_beyond_reach_when_frames_are_skipped():
+    """8 px per frame: consecutive pairs are within reach, and their velocity carries the tracks across a pair
+    three frames apart (24 px, out of reach from the query alone)."""
+    cv2 = pytest.importorskip("cv2")
+    from kltrace_ros.tracking.builder import Options, build_pipeline
+
+    img = cv2.resize(skdata.astronaut(), (400, 300), interpolation=cv2.INTER_AREA)
+
+    def frame(i):
+        return cv2.warpAffine(img, np.float32([[1, 0, 8 * i - 60], [0, 1, 0]]), (256, 192),
+                              borderMode=cv2.BORDER_REFLECT)
+
+    pipe = build_pipeline(Options(num_points=16, fb_threshold=0.0))
+    for i in range(3):
+        pipe.push(frame(i), i * 10**8, i)
+    res = pipe.push(frame(5), 5 * 10**8, 5)                     # three frames later
+    assert res.frames == 3
+    moved = (res.ends - res.starts)[res.visible]
+    assert len(moved) >= 8 and np.abs(np.median(moved[:, 0]) - 24) < 1.5, moved
+    assert np.abs(np.median([t.vx for t in res.tracks if t.visible]) - 8) < 0.5

@@ -132,8 +132,14 @@ class Engine:
 
     # ---------------------------------------------------------------- run
     @torch.no_grad()
-    def track(self, frame1, frame2, queries, config: TraceConfig | None = None, cancel=None) -> TraceResult:
+    def track(self, frame1, frame2, queries, config: TraceConfig | None = None, cancel=None,
+              prior=None) -> TraceResult:
         """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
+
+        ``prior`` (N,2) (x, y px of frame 2, or None): where each point probably is (a motion prior); the
+        search starts there instead of at the query, so motions beyond the model's reach are found when the
+        prior is near them, and a wrong prior is corrected by the search within reach. The backward check
+        then starts from the query.
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
         mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
@@ -148,7 +154,13 @@ class Engine:
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
         qw = torch.tensor((q + 0.5) * [s / w1, s / h1], dtype=torch.float32)   # continuous working px
-        est, conf, sharp, maps = self._trace(img1, img2, qw, cfg, cancel)
+        start = None
+        if prior is not None:
+            prior = np.asarray(prior, dtype=np.float64).reshape(-1, 2)
+            if prior.shape != q.shape or not np.isfinite(prior).all():
+                raise ValueError(f"prior must be finite (x, y) per query: {len(q)} queries, prior {prior.shape}")
+            start = torch.tensor((prior + 0.5) * [s / w2, s / h2], dtype=torch.float32)
+        est, conf, sharp, maps = self._trace(img1, img2, qw, cfg, cancel, start)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
@@ -157,30 +169,31 @@ class Engine:
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
             back = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks or cfg.masks, keep_maps=False),
-                               cancel)[0]
+                               cancel, None if start is None else qw)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
 
-    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel):
+    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None):
         """Estimates (N,2) in working px of ``img_b``, peak scores (N,), peak sharpness (N,) and maps of queries
-        ``qw`` of ``img_a``."""
-        est = qw.clone()
+        ``qw`` of ``img_a``; the search starts at ``start`` (N,2) (default: the queries)."""
+        start = qw if start is None else start
+        est = start.clone()
         conf, sharp = torch.zeros(len(qw)), torch.zeros(len(qw))
         maps = [None] * len(qw)
         for i in range(0, len(qw), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel)
+            est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel, start[sl])
         return est, conf, sharp, maps
 
-    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None):
+    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None, start=None):
         p = self.p
         s, w, patch = p.image_size, p.window, p.patch
         g = w // patch
         n = len(qw)
-        est = qw.clone()
+        est = (qw if start is None else start).clone()
         scales = cfg.scales or default_scales(p)
         crop = float(cfg.first_crop or p.first_crop)
         shrink = cfg.shrink or p.shrink

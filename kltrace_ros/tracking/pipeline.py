@@ -107,7 +107,8 @@ class TrackingPipeline:
         t0 = time.perf_counter()
         self.tracker.seed(older)
         starts = self.tracker.query_points()
-        res = self.engine.track(older, newer, starts, self.trace, self.cancel)
+        prior = self.tracker.predictions(frames)
+        res = self.engine.track(older, newer, starts, self.trace, self.cancel, prior)
         tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2], frames)
         return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
                           time.perf_counter() - t0, frames=frames)

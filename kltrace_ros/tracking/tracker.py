@@ -91,6 +91,17 @@ class PointTracker:
     def query_points(self) -> np.ndarray:
         return np.array([[t.x, t.y] for t in self.tracks], np.float64).reshape(-1, 2)
 
+    def predictions(self, frames: int) -> np.ndarray | None:
+        """The motion prior: where each live track probably is ``frames`` later, from its own velocity, or for
+        a new or occluded track the median velocity of the tracks seen moving; None when no track has a
+        velocity yet (the search then starts at the query points)."""
+        seen = np.array([t.age > 0 and t.visible for t in self.tracks], bool)
+        if not seen.any():
+            return None
+        v = np.array([[t.vx, t.vy] for t in self.tracks], np.float64).reshape(-1, 2)
+        v[~seen] = np.median(v[seen], axis=0)
+        return self.query_points() + v * frames
+
     def seed(self, image: np.ndarray) -> None:
         """Add new tracks on ``image`` (H,W,3 or H,W) up to ``num_points``."""
         cfg = self.config
