@@ -104,7 +104,7 @@ def test_pipeline_prior_follows_motion_beyond_reach_when_frames_are_skipped():
         return cv2.warpAffine(img, np.float32([[1, 0, 8 * i - 60], [0, 1, 0]]), (256, 192),
                               borderMode=cv2.BORDER_REFLECT)
 
-    pipe = build_pipeline(Options(num_points=16, fb_threshold=0.0))
+    pipe = build_pipeline(Options(num_points=16, fb_threshold=0.0, motion_prior=True))
     for i in range(3):
         pipe.push(frame(i), i * 10**8, i)
     res = pipe.push(frame(5), 5 * 10**8, 5)                     # three frames later

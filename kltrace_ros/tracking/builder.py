@@ -27,6 +27,7 @@ class Options:
     keypoints: str = "grid"                  # grid | features | topic
     max_occluded_frames: int = 5
     frame_gap: int = 1
+    motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
 
     def with_(self, **changes) -> "Options":
         return replace(self, **changes)
@@ -69,4 +70,4 @@ def build_pipeline(opts: Options, engine: Engine | None = None, on_reset: Callab
     """A pipeline for one camera; ``engine`` (shared by several cameras) is loaded when not given."""
     engine = engine or load_engine(opts)
     return TrackingPipeline(engine, tracker_config(opts), trace_config(opts, engine.p), opts.frame_gap, on_reset,
-                            cancel)
+                            cancel, opts.motion_prior)

@@ -64,7 +64,8 @@ def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> Reset |
 
 class TrackingPipeline:
     def __init__(self, engine: Engine, tracker: TrackerConfig | None = None, trace: TraceConfig | None = None,
-                 frame_gap: int = 1, on_reset: Callable[[Reset], None] | None = None, cancel=None):
+                 frame_gap: int = 1, on_reset: Callable[[Reset], None] | None = None, cancel=None,
+                 motion_prior: bool = False):
         self.engine = engine
         self.trace = trace or engine.cfg        # this stream's tracing settings (one engine serves many streams)
         self.tracker = PointTracker(tracker or TrackerConfig())
@@ -73,6 +74,9 @@ class TrackingPipeline:
         self.on_reset = on_reset
         self.cancel = cancel                    # threading.Event: set to abandon a pair (engine.Cancelled)
         self.older: Frame | None = None
+        # Off by default: extrapolating a velocity over the seconds a CPU pair takes, through a camera that turns
+        # or jumps, sends the search out of reach (the 60 s soak's small-motion error rose from under 1 to 1.8 px).
+        self.motion_prior = motion_prior
 
     def reset(self) -> None:
         """Forget every track and the frame they live on: the next frame starts a new sequence."""
@@ -107,7 +111,7 @@ class TrackingPipeline:
         t0 = time.perf_counter()
         self.tracker.seed(older)
         starts = self.tracker.query_points()
-        prior = self.tracker.predictions(frames)
+        prior = self.tracker.predictions(frames) if self.motion_prior else None
         res = self.engine.track(older, newer, starts, self.trace, self.cancel, prior)
         tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2], frames)
         return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
