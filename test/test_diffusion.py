@@ -189,6 +189,8 @@ def test_engine_and_track_pair_on_a_diffusion_model(folders, family, tmp_path):
 def test_bad_folders_and_settings_name_the_fix(folders, tmp_path):
     cases = []
     cases.append((f"svd:{tmp_path / 'nope'}", "stabilityai/stable-video-diffusion-img2vid-xt"))
+    # a Hub repository name is a folder that is not here: refused before any loader runs, never downloaded
+    cases.append(("svd:stabilityai/stable-video-diffusion-img2vid-xt", "does not exist: on a machine with internet"))
     partial = tmp_path / "partial"
     shutil.copytree(folders["svd"], partial)
     shutil.rmtree(partial / "unet")
