@@ -12,7 +12,7 @@ from kltrace_ros.io.images import skimage_photo  # noqa: E402
 from rosutil import Harness, domain_id, node_log, start_node, stop_node  # noqa: E402
 
 RATE = 10.0
-FRAMES = 150
+FRAMES = 200
 SIZE = (320, 240)
 VELOCITY = (1.2, 0.6)        # content motion, px per frame: slow enough that the frames the node skips stay within
 SPIN_DEG = 0.02              # the model's reach (issue 9 is about faster motion); a slow roll too, deg/frame
