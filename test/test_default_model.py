@@ -112,3 +112,76 @@ def test_gross_failures_are_not_reported_visible():
             wrong = err > 16
             assert wrong.sum() >= 12, err                                   # the jump is beyond the model's reach
             assert res.visible[wrong].mean() <= 0.25, (res.visible[wrong], res.fb_error[wrong])
+
+
+def _windows_with_tracers(pred, n=16, seed=0):
+    """Source windows of a photo, their tracer variants (tracer at the centre) and shifted target windows."""
+    from kltrace_ros.tracing.ops import add_tracer
+
+    eng = Engine(pred)
+    img = cv2.resize(skdata.astronaut(), (320, 240), interpolation=cv2.INTER_AREA)
+    f2 = cv2.warpAffine(img, np.float32([[1, 0, 3.5], [0, 1, -2.0]]), (320, 240), borderMode=cv2.BORDER_REFLECT)
+    q = torch.tensor(np.random.default_rng(seed).uniform(40, 216, (n, 2)), dtype=torch.float32)
+    src = eng._windows(eng._prepare(img), q, pred.first_crop)
+    tgt = eng._windows(eng._prepare(f2), q, pred.first_crop)
+    traced = add_tracer(src, torch.full((n, 2), pred.window / 2), pred.tracer_sigma)
+    return src, traced, tgt
+
+
+def test_kl_maps_of_all_masks_at_once_equal_one_model_pass_per_mask():
+    from kltrace_ros.tracing.ops import kl_map, reveal_mask
+
+    pred = load_predictor()
+    src, traced, tgt = _windows_with_tracers(pred)
+    g = pred.window // pred.patch
+    masks = torch.stack([reveal_mask(g, g, pred.reveal, torch.Generator().manual_seed(i)) for i in range(3)])
+    naive = torch.zeros(len(src), 3, g * g)
+    for j, mask in enumerate(masks):
+        naive[:, j, ~mask.flatten()] = kl_map(pred.log_probs(src, tgt, mask), pred.log_probs(traced, tgt, mask))
+    exact = pred.kl_maps(src, traced, tgt, masks, unchanged=0)
+    assert torch.allclose(exact, naive, atol=1e-5, rtol=1e-4), (exact - naive).abs().max()
+    # the default skips cells the tracer leaves (nearly) untouched: most of them, with the same peaks
+    fast = pred.kl_maps(src, traced, tgt, masks)
+    assert (fast > 0).sum() < 0.5 * (naive > 0).sum()
+    assert torch.equal(fast.sum(1).argmax(-1), naive.sum(1).argmax(-1))
+    assert ((fast - naive).abs().amax((1, 2)) < 0.05 * naive.amax((1, 2))).all()
+
+
+def test_votes_of_masks_shared_by_the_batch_equal_per_sample_votes():
+    pred = load_predictor()
+    m = pred.model
+    g = m.grid
+    src = torch.randint(0, m.cfg["n_codes"], (4, g, g))
+    tgt = torch.randint(0, m.cfg["n_codes"], (4, g, g))
+    rev = torch.rand(1, 3, g * g) < 0.3
+    rev[0, 2, :5] = True   # masks with different numbers of revealed cells
+    attn = m.attention(src, tgt)
+    with torch.no_grad():
+        shared = m.vote_offsets(attn, rev)
+        per_sample = m.vote_offsets(attn, rev.expand(4, -1, -1))
+    assert torch.allclose(shared, per_sample, atol=1e-5)
+    assert shared.abs().amax() > 0.5   # the cells do move
+
+
+def test_engine_gives_the_same_tracks_with_and_without_the_batched_kl_maps():
+    pred = load_predictor()
+    pred.unchanged = 0.0
+
+    class PerMask:   # the same model without kl_maps: the engine's generic one-mask-at-a-time path
+        def __init__(self, p):
+            self.p = p
+
+        def __getattr__(self, name):
+            if name == "kl_maps":
+                raise AttributeError(name)
+            return getattr(self.p, name)
+
+    img = cv2.resize(skdata.chelsea(), (320, 240), interpolation=cv2.INTER_AREA)
+    f2 = cv2.warpAffine(img, np.float32([[1, 0, 6.0], [0, 1, 2.5]]), (320, 240), borderMode=cv2.BORDER_REFLECT)
+    q = np.random.default_rng(1).uniform([48, 48], [272, 192], (12, 2))
+    cfg = TraceConfig(seed=3)
+    a = Engine(pred, cfg).track(img, f2, q)
+    b = Engine(PerMask(pred), cfg).track(img, f2, q)
+    assert np.abs(a.points - b.points).max() < 1e-3
+    assert np.array_equal(a.visible, b.visible)
+    assert np.allclose(a.confidence, b.confidence, rtol=1e-4)

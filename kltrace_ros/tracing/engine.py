@@ -39,6 +39,8 @@ class TraceConfig:
     fb_threshold: float = 12.0         # visible only if the found point traced back into frame 1 lands within this
                                        # many working px of the query (forward-backward consistency; 0: no check)
     fb_masks: int | None = None        # masks of that backward trace (None: as many as forward)
+    fb_scales: int | None = 1          # scales of that backward trace, from the first crop (None: as forward); it
+                                       # starts at the query, where a consistent point lands
     min_sharpness: float | None = None  # visible only if the last map's peak is this many times its mean
                                        # (None: the predictor's calibration, 0: no test)
     seed: int = 0
@@ -48,7 +50,7 @@ class TraceConfig:
     def __post_init__(self):
         if self.method not in ("kl", "rgb"):
             raise ValueError(f"method must be 'kl' or 'rgb', got {self.method!r}")
-        for name in ("masks", "scales", "fb_masks"):
+        for name in ("masks", "scales", "fb_masks", "fb_scales"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and 1 <= v <= 64):
                 raise ValueError(f"{name} must be a whole number in [1, 64] (or the model's default), got {v!r}")
@@ -95,7 +97,8 @@ class Engine:
         """The work of one pair in point x mask x scale units (the backward visibility check included)."""
         cfg = config or self.cfg
         scales, masks = cfg.scales or default_scales(self.p), cfg.masks or self.p.masks
-        return n_points * scales * (masks + ((cfg.fb_masks or masks) if cfg.fb_threshold > 0 else 0))
+        back = (min(cfg.fb_scales or scales, scales) * (cfg.fb_masks or masks)) if cfg.fb_threshold > 0 else 0
+        return n_points * (scales * masks + back)
 
     # ----------------------------------------------------------- geometry
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -139,7 +142,7 @@ class Engine:
         ``prior`` (N,2) (x, y px of frame 2, or None): where each point probably is (a motion prior); the
         search starts there instead of at the query, so motions beyond the model's reach are found when the
         prior is near them, and a wrong prior is corrected by the search within reach. The backward check
-        then starts from the query.
+        always starts at the query (where a consistent point lands).
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
         mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
@@ -168,8 +171,10 @@ class Engine:
         vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
-            back = self._trace(img2, img1, est, replace(cfg, masks=cfg.fb_masks or cfg.masks, keep_maps=False),
-                               cancel, None if start is None else qw)[0]
+            scales = cfg.scales or default_scales(self.p)
+            back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or scales, scales),
+                               keep_maps=False)
+            back = self._trace(img2, img1, est, back_cfg, cancel, qw)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
@@ -215,15 +220,12 @@ class Engine:
             traced = add_tracer(src_w.expand(n, -1, -1, -1), q_win, p.tracer_sigma)
             # patches kept hidden: the estimate sits at the target-window centre for every point
             keep = None if whole else centre_block(g, cfg.hide_radius)
-            total = torch.zeros(n, g * g)
-            count = torch.zeros(1, g * g)
-            for _ in range(cfg.masks or getattr(p, "masks", 1)):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled()
-                mask = reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
-                hidden = ~mask.flatten()
-                total[:, hidden] += self._map(src_w, traced, tgt_w, mask, cfg.method).cpu()
-                count[:, hidden] += 1
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            masks = torch.stack([reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
+                                 for _ in range(cfg.masks or getattr(p, "masks", 1))])       # K,g,g
+            total = self._maps(src_w, traced, tgt_w, masks, cfg.method, cancel).cpu().sum(1)
+            count = (~masks).flatten(1).sum(0, keepdim=True).float()
             d = (total / count.clamp(min=1)).view(n, g, g)
             d = torch.where(count.view(1, g, g) > 0, d, torch.zeros_like(d))
             search = d
@@ -237,6 +239,20 @@ class Engine:
                 maps = [(d[i].numpy(), box[i]) for i in range(n)]
             crop *= shrink
         return est, peak, sharp, maps
+
+    def _maps(self, src_w, traced, tgt_w, masks, method: str, cancel=None):
+        """Per-point maps (B, K, g*g) under each of the K reveal ``masks`` (K,g,g): KL or RGB difference at hidden
+        patches, 0 at revealed ones. A predictor with ``kl_maps`` does all masks in one call."""
+        p = self.p
+        n = traced.shape[0]
+        if method == "kl" and hasattr(p, "kl_maps"):
+            return p.kl_maps(src_w.expand(n, -1, -1, -1), traced, tgt_w.expand(n, -1, -1, -1), masks)
+        out = torch.zeros(n, len(masks), masks[0].numel())
+        for j, mask in enumerate(masks):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            out[:, j, ~mask.flatten()] = self._map(src_w, traced, tgt_w, mask, method).cpu()
+        return out
 
     def _map(self, src_w, traced, tgt_w, mask, method: str):
         """Per-point maps (B, M) over hidden patches: KL or RGB difference."""

@@ -69,7 +69,7 @@ def check_motion_cfg(cfg: dict, path=None) -> dict:
                               f"{thresholds!r}; recalibrate with `kltrace calibrate`")
     grid, d, cd = c["window"] // c["cell"], c["n_embd"], 3 * c["cell"] ** 2
     floats = (c["n_codes"] * (cd + d + c["head_hidden"]) + (cd + d) * c["head_hidden"] + 3 * d * d
-              + 9 * d * d + grid ** 4 + 2 * grid ** 2 + (2 * c["radius"] + 1) ** 2 * 2)
+              + 9 * d * d + grid ** 4 + 2 * grid ** 2 + (2 * c["radius"] + 1) ** 2 * (2 + 3 * grid ** 2))
     check_budget(4 * floats, MEMORY_BUDGET, "MotionLRAS weights and buffers", path)
     return c
 
@@ -103,7 +103,18 @@ class MotionLRAS(nn.Module):
         self.register_buffer("offsets", torch.stack([dx.flatten(), dy.flatten()], -1), persistent=False)
         gy, gx = torch.meshgrid(torch.arange(self.grid + 0.0), torch.arange(self.grid + 0.0), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)
+        # source cell of every (target cell, offset) pair, and whether it lies inside the window
+        src_xy = self.cell_xy.view(-1, 1, 2) + self.offsets.view(1, -1, 2)                    # N,P,2
+        inside = ((src_xy >= 0) & (src_xy < self.grid)).all(-1)
+        src_xy = src_xy.clamp(0, self.grid - 1).long()
+        self.register_buffer("neighbours", (src_xy[..., 1] * self.grid + src_xy[..., 0]).unsqueeze(0),
+                             persistent=False)                                                 # 1,N,P
+        self.register_buffer("neighbour_ok", inside, persistent=False)                         # N,P
         self.register_buffer("cell_d2", torch.cdist(self.cell_xy, self.cell_xy).pow(2), persistent=False)
+        py, px = torch.meshgrid(torch.arange(c["cell"] + 0.0), torch.arange(c["cell"] + 0.0), indexing="ij")
+        self.register_buffer("cell_pixels", torch.stack([px.flatten(), py.flatten()], -1), persistent=False)
+        dy, dx = torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij")
+        self.register_buffer("near3", torch.stack([dx.flatten(), dy.flatten()], -1), persistent=False)  # 9,2
 
     @torch.no_grad()
     def init_embedding_from_codebook(self, seed: int = 0) -> None:
@@ -122,53 +133,90 @@ class MotionLRAS(nn.Module):
         f = (e + self.phi(e)).permute(0, 3, 1, 2).contiguous()
         return f + self.ctx(f) if context else f
 
-    def cell_offsets(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor):
-        """Offsets (B,N,2) in cells (x,y), target cell -> its source location, for all cells."""
-        b, g = src.shape[0], self.grid
+    def attention(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """(B,N,P): for every target cell, the softmax over the P = (2r+1)^2 offsets (order as ``offsets``) of
+        the negative mean squared distance between its feature and the source feature there, times the learned
+        temperature ("where did I come from"). A cell's row depends only on its own target code and the source,
+        so the rows of revealed cells do not depend on which other cells are revealed. ``tgt`` may be one
+        batch shared by several source batches (B = a multiple of its batch)."""
+        b = src.shape[0]
+        f_s = self.features(src, context=True).flatten(2)                      # B,D,N
+        f_t = self.features(tgt, context=False).flatten(2)                     # b,D,N
+        f_t = f_t.repeat(b // f_t.shape[0], 1, 1)
+        # all pairs in one product (as RAFT's correlation volume), then each cell's (2r+1)^2 neighbours
+        near = torch.bmm(f_t.transpose(1, 2), f_s).gather(2, self.neighbours.expand(b, -1, -1))  # B,N,P
+        s2 = f_s.pow(2).sum(1)[:, self.neighbours[0]]                          # B,N,P
+        dist = f_t.pow(2).sum(1).unsqueeze(2) + s2 - 2 * near
+        corr = dist * (-self.log_temp.exp() / f_s.shape[1])
+        return corr.masked_fill(~self.neighbour_ok, float("-inf")).softmax(-1)
+
+    def vote_offsets(self, attn: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+        """Offsets (B,K,N,2) in cells (x,y), target cell -> its source location, for K reveal masks ``rev``
+        (B|1,K,N) bool at once.
+
+        Every cell collects the offset distributions of the revealed cells around it, weighted by a Gaussian
+        of the cell distance (a vote: robust where single-cell matches are ambiguous), and takes the sharpened
+        centroid of the 3x3 offsets around the strongest vote. (The vote is normalised by the total weight
+        of the revealed cells around it; a positive factor per cell changes neither the strongest vote nor
+        the softmax over its neighbours, so it enters only beside the 1e-8 floor.)"""
+        k = 2 * self.cfg["radius"] + 1
+        kern = torch.exp(-self.cell_d2 / (2 * self.log_sigma.exp() ** 2))     # N(to),N(from)
+        norm = kern @ rev.unsqueeze(-1).to(attn.dtype) + 1e-6                  # B|1,K,N,1
+        if rev.shape[0] == 1:   # masks shared by the batch: one product per mask over its revealed rows only
+            b, n, p = attn.shape
+            counts = rev[0].sum(1)
+            rows = torch.zeros(len(counts), int(counts.max()), dtype=torch.long, device=attn.device)
+            used = torch.arange(rows.shape[1], device=attn.device) < counts.unsqueeze(1)      # K,R
+            rows[used] = rev[0].nonzero()[:, 1]
+            weights = kern[:, rows].permute(1, 0, 2) * used.unsqueeze(1)        # K,N,R
+            votes = torch.bmm(weights, attn.transpose(0, 1)[rows].flatten(2))  # K,N,B*P
+            votes = votes.view(-1, n, b, p).permute(2, 0, 1, 3)                # B,K,N,P (a view)
+        else:
+            votes = kern @ (attn.unsqueeze(1) * rev.unsqueeze(-1))            # B,K,N,P
+        peak = votes.max(-1).indices                                           # B,K,N
         r = self.cfg["radius"]
-        k = 2 * r + 1
-        f_s = self.features(src, context=True)
-        f_t = self.features(tgt, context=False)                                 # B,D,G,G
-        # matching cost of every cell against the source cells within the radius, one offset at a time
-        # (order: offset index = (dy + r) * k + (dx + r), as ``self.offsets``)
-        f_pad = F.pad(f_s, (r, r, r, r))
-        v_pad = F.pad(f_s.new_ones(1, g, g), (r, r, r, r))
-        corr = torch.stack([-(f_t - f_pad[:, :, ky:ky + g, kx:kx + g]).pow(2).mean(1)
-                            for ky in range(k) for kx in range(k)], 1).flatten(2)
-        valid = torch.stack([v_pad[:, ky:ky + g, kx:kx + g] for ky in range(k) for kx in range(k)], 1).flatten(2) > 0
-        corr = corr * self.log_temp.exp()                                       # B,P,N
-        attn = corr.masked_fill(~valid, float("-inf")).softmax(1)                # B,P,N
-        # every cell collects the offset distributions of the revealed cells around it
-        # (a vote: robust where single-cell matches are ambiguous) ...
-        kern = torch.exp(-self.cell_d2 / (2 * self.log_sigma.exp() ** 2))                 # N(to),N(from)
-        rev = reveal.reshape(-1, 1, g * g).to(attn.dtype)                        # 1|B,1,N
-        votes = torch.einsum("bpn,mn->bpm", attn * rev, kern)
-        votes = votes / (torch.einsum("bpn,mn->bpm", rev, kern) + 1e-6)           # B,P,M
-        # ... and takes the sharpened centroid of the 3x3 offsets around the strongest vote.
-        peak = votes.argmax(1)                                                  # B,M
-        py, px = peak // k, peak % k
-        dy, dx = torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij")
-        ny = (py.unsqueeze(1) + dy.flatten().view(1, 9, 1).to(py)).clamp(0, k - 1)
-        nx = (px.unsqueeze(1) + dx.flatten().view(1, 9, 1).to(px)).clamp(0, k - 1)
-        idx = ny * k + nx                                                       # B,9,M
-        w = (votes.gather(1, idx) + 1e-8).log().mul(self.log_beta.exp()).softmax(1)
-        return (w.unsqueeze(-1) * self.offsets[idx]).sum(1)                     # B,M,2
+        ny = ((peak // k).unsqueeze(-1) + self.near3[:, 1]).clamp(0, k - 1)    # B,K,N,9: the 3x3 around the peak
+        nx = ((peak % k).unsqueeze(-1) + self.near3[:, 0]).clamp(0, k - 1)
+        # softmax(beta * log v) over the 3x3, written as v^beta / sum v^beta
+        w = (votes.gather(-1, ny * k + nx) + 1e-8 * norm).pow(self.log_beta.exp())
+        w = w / w.sum(-1, keepdim=True)
+        return torch.stack([(w * (nx - r)).sum(-1), (w * (ny - r)).sum(-1)], -1)   # B,K,N,2
 
     def warp_source(self, src_img: torch.Tensor, src_feat: torch.Tensor, offsets: torch.Tensor):
-        """Sample the decoded source (B,3,W,W) and source features (B,D,G,G) at the displaced cells."""
-        b, g, cell = src_img.shape[0], self.grid, self.cfg["cell"]
+        """Sample the decoded source (B,3,W,W) and the source embeddings (B,D,G,G) at the displaced cells of
+        ``offsets`` (B,K,N,2): content (B,K,N,3*cell^2) (channel-major, as ``to_cells``) and features (B,K,N,D).
+
+        A cell's content is its cell x cell pixels moved by its offset, read bilinearly (so sub-cell offsets
+        matter); its feature is read at its moved centre."""
+        b, masks, n, _ = offsets.shape
+        g, cell = self.grid, self.cfg["cell"]
         w = g * cell
-        px = torch.arange(w, device=src_img.device, dtype=src_img.dtype) + 0.5
-        py, pxx = torch.meshgrid(px, px, indexing="ij")
-        off_px = offsets.view(b, g, g, 2).repeat_interleave(cell, 1).repeat_interleave(cell, 2) * cell
-        sx = pxx.unsqueeze(0) + off_px[..., 0]
-        sy = py.unsqueeze(0) + off_px[..., 1]
-        grid = torch.stack([sx / w * 2 - 1, sy / w * 2 - 1], -1)
-        warped = F.grid_sample(src_img, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        centres = (self.cell_xy.unsqueeze(0) + 0.5 + offsets) / g * 2 - 1              # B,N,2
-        feat = F.grid_sample(src_feat, centres.unsqueeze(1), mode="bilinear", padding_mode="border",
-                             align_corners=False)[:, :, 0].transpose(1, 2)           # B,N,D
-        return to_cells(warped, cell), feat
+        moved = self.cell_xy + offsets                                         # B,K,N,2 cells (x, y)
+        # one row of cell^2 sample points per (mask, cell): grid_sample's output is then already in cell order
+        pix = (moved.unsqueeze(3) * cell + self.cell_pixels + 0.5) / w * 2 - 1   # B,K,N,cell^2,2
+        warped = F.grid_sample(src_img, pix.view(b, masks * n, cell * cell, 2), mode="bilinear",
+                               padding_mode="border", align_corners=False)    # B,3,K*N,cell^2
+        content = warped.permute(0, 2, 1, 3).reshape(b, masks, n, -1)
+        feat = F.grid_sample(src_feat, (moved + 0.5) / g * 2 - 1, mode="bilinear", padding_mode="border",
+                             align_corners=False)                             # B,D,K,N
+        return content, feat.permute(0, 2, 3, 1)
+
+    def warped_inputs(self, src: torch.Tensor, tgt: torch.Tensor, rev: torch.Tensor):
+        """What the code head reads for every target cell under each of K reveal masks ``rev`` (B|1,K,N) bool:
+        content (B,K,N,3*cell^2), features (B,K,N,D) and offsets (B,K,N,2). Only the target codes of revealed
+        cells are read; ``tgt`` may be shared by several source batches (see ``attention``)."""
+        offsets = self.vote_offsets(self.attention(src, tgt), rev)
+        content, feat = self.warp_source(self.tokenizer.decode_normalised(src), self.emb(src).permute(0, 3, 1, 2),
+                                         offsets)
+        return content, feat, offsets
+
+    def code_logits(self, content: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """Logits (..., n_codes): the codebook's nearest-code posterior of the sampled content plus the
+        learned correction from content and features."""
+        cb = self.tokenizer.codebook
+        scale = 1.0 / (self.log_tau.exp() ** 2 * cb.shape[1])
+        prior = (content @ cb.T - 0.5 * (cb * cb).sum(-1)) * scale
+        return prior + self.head(torch.cat([content, feat], -1))
 
     # ----------------------------------------------------------------- forward
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, reveal: torch.Tensor, return_offsets: bool = False,
@@ -185,16 +233,10 @@ class MotionLRAS(nn.Module):
             tgt = tgt.unsqueeze(0)
         tgt = tgt.expand(b, -1, -1)
         revealed_tgt = torch.where(reveal, tgt, torch.zeros_like(tgt))  # hidden target codes are never read
-        offsets = self.cell_offsets(src, revealed_tgt, reveal)
-        src_img = self.tokenizer.decode_normalised(src)
-        src_emb = self.emb(src).permute(0, 3, 1, 2)
-        content, feat = self.warp_source(src_img, src_emb, offsets)
+        rev = reveal.reshape(-1, 1, self.grid ** 2)                       # B|1,1,N
+        content, feat, offsets = (t[:, 0] for t in self.warped_inputs(src, revealed_tgt, rev))
         if hidden_only:
             keep = ~reveal.flatten()
             content, feat = content[:, keep], feat[:, keep]
-        cb = self.tokenizer.codebook
-        scale = 1.0 / (self.log_tau.exp() ** 2 * cb.shape[1])
-        prior = (content @ cb.T - 0.5 * (cb * cb).sum(-1)) * scale              # nearest-code posterior
-        logits = prior + self.head(torch.cat([content, feat], -1))
-        logp = logits.float().log_softmax(-1)
+        logp = self.code_logits(content, feat).float().log_softmax(-1)
         return (logp, offsets) if return_offsets else logp

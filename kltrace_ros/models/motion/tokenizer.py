@@ -47,9 +47,10 @@ class CellCode(nn.Module):
         return to_cells(normalise(images.float()), self.cell)
 
     def assign(self, cells: torch.Tensor) -> torch.Tensor:
+        """The nearest code of every cell vector (|x|^2 is the same for every code, so it is left out)."""
         cb = self.codebook
-        d = (cells * cells).sum(-1, keepdim=True) - 2 * cells @ cb.T + (cb * cb).sum(-1)
-        return d.argmin(-1)
+        return torch.addmm((cb * cb).sum(-1), cells.reshape(-1, cb.shape[1]), cb.T, alpha=-2).argmin(-1).view(
+            cells.shape[:-1])
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
