@@ -69,9 +69,10 @@ def bench_lras(size="tiny", prefix=1024, suffix=256, batch=8, device="cpu", repe
             "peak_memory_MB": _peak_mb(device)}
 
 
-def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=3) -> dict:
+def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=5) -> dict:
     """Pairs/s and points/s of KL-tracing at default settings, end to end (uint8 frames in, points out), and of
-    OpenCV LK and DIS on the same 320x240 frames and points, so the ratios come from one run."""
+    OpenCV LK and DIS on the same 320x240 frames and points, so the ratios come from one run. Times are the
+    median of ``repeats`` runs (LK and DIS: of 20 x repeats), after a warm-up run."""
     eng = load_engine(Options(model=model, device=device, masks=masks, scales=scales))
     img = cv2.resize(skimage_photo("astronaut.png"), (320, 240), interpolation=cv2.INTER_AREA)
     shift = np.array([3.5, -2.0])
@@ -85,11 +86,12 @@ def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, 
                         "fb_check": eng.cfg.fb_threshold > 0}}
     for name, run in methods.items():
         run()   # warm-up
-        n = repeats if name == "kl" else 20 * repeats
-        t0 = time.perf_counter()
-        for _ in range(n):
+        times = []
+        for _ in range(repeats if name == "kl" else 20 * repeats):
+            t0 = time.perf_counter()
             pts = run()
-        dt = (time.perf_counter() - t0) / n
+            times.append(time.perf_counter() - t0)
+        dt = float(np.median(times))
         out[name] = {"seconds_per_pair": dt, "pairs_per_s": 1 / dt, "points_per_s": points / dt,
                      "median_error_px": float(np.median(np.linalg.norm(pts - (q + shift), axis=1)))}
     out["kl_slower_than"] = {b: out["kl"]["seconds_per_pair"] / out[b]["seconds_per_pair"] for b in ("lk", "dis")}

@@ -133,26 +133,34 @@ class MotionLRAS(nn.Module):
         f = (e + self.phi(e)).permute(0, 3, 1, 2).contiguous()
         return f + self.ctx(f) if context else f
 
-    def attention(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    def attention(self, src: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B,N,P): for every target cell, the softmax over the P = (2r+1)^2 offsets (order as ``offsets``) of
         the negative mean squared distance between its feature and the source feature there, times the learned
         temperature ("where did I come from"). A cell's row depends only on its own target code and the source,
         so the rows of revealed cells do not depend on which other cells are revealed. ``tgt`` may be one
-        batch shared by several source batches (B = a multiple of its batch)."""
+        batch shared by several source batches (B = a multiple of its batch). ``rows`` (R,): compute only
+        these target cells' rows (the others are 0)."""
         b = src.shape[0]
         f_s = self.features(src, context=True).flatten(2)                      # B,D,N
         f_t = self.features(tgt, context=False).flatten(2)                     # b,D,N
+        nbr, ok = self.neighbours[0], self.neighbour_ok                        # N,P
+        if rows is not None:
+            f_t, nbr, ok = f_t[:, :, rows], nbr[rows], ok[rows]
         f_t = f_t.repeat(b // f_t.shape[0], 1, 1)
         # all pairs in one product (as RAFT's correlation volume), then each cell's (2r+1)^2 neighbours
-        near = torch.bmm(f_t.transpose(1, 2), f_s).gather(2, self.neighbours.expand(b, -1, -1))  # B,N,P
-        s2 = f_s.pow(2).sum(1)[:, self.neighbours[0]]                          # B,N,P
-        dist = f_t.pow(2).sum(1).unsqueeze(2) + s2 - 2 * near
-        corr = dist * (-self.log_temp.exp() / f_s.shape[1])
-        return corr.masked_fill(~self.neighbour_ok, float("-inf")).softmax(-1)
+        near = torch.bmm(f_t.transpose(1, 2), f_s).gather(2, nbr.expand(b, -1, -1))       # B,R,P
+        dist = f_t.pow(2).sum(1).unsqueeze(2) + f_s.pow(2).sum(1)[:, nbr] - 2 * near
+        attn = (dist * (-self.log_temp.exp() / f_s.shape[1])).masked_fill(~ok, float("-inf")).softmax(-1)
+        if rows is None:
+            return attn
+        out = attn.new_zeros(b, self.grid ** 2, attn.shape[2])
+        out[:, rows] = attn
+        return out
 
-    def vote_offsets(self, attn: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
-        """Offsets (B,K,N,2) in cells (x,y), target cell -> its source location, for K reveal masks ``rev``
-        (B|1,K,N) bool at once.
+    def vote_offsets(self, attn: torch.Tensor, rev: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Offsets (B,K,M,2) in cells (x,y), target cell -> its source location, for K reveal masks ``rev``
+        (B|1,K,N) bool at once, of the cells ``cells`` (K,M) (indices per mask; default: all, M = N; only with
+        masks shared by the batch).
 
         Every cell collects the offset distributions of the revealed cells around it, weighted by a Gaussian
         of the cell distance (a vote: robust where single-cell matches are ambiguous), and takes the sharpened
@@ -168,9 +176,12 @@ class MotionLRAS(nn.Module):
             rows = torch.zeros(len(counts), int(counts.max()), dtype=torch.long, device=attn.device)
             used = torch.arange(rows.shape[1], device=attn.device) < counts.unsqueeze(1)      # K,R
             rows[used] = rev[0].nonzero()[:, 1]
-            weights = kern[:, rows].permute(1, 0, 2) * used.unsqueeze(1)        # K,N,R
-            votes = torch.bmm(weights, attn.transpose(0, 1)[rows].flatten(2))  # K,N,B*P
-            votes = votes.view(-1, n, b, p).permute(2, 0, 1, 3)                # B,K,N,P (a view)
+            if cells is None:
+                cells = torch.arange(n, device=attn.device).expand(len(counts), -1)
+            norm = norm.gather(2, cells.unsqueeze(0).unsqueeze(-1))                       # 1,K,M,1
+            weights = kern[cells.unsqueeze(-1), rows.unsqueeze(1)] * used.unsqueeze(1)   # K,M,R
+            votes = torch.bmm(weights, attn.transpose(0, 1)[rows].flatten(2))  # K,M,B*P
+            votes = votes.view(len(counts), -1, b, p).permute(2, 0, 1, 3)     # B,K,M,P (a view)
         else:
             votes = kern @ (attn.unsqueeze(1) * rev.unsqueeze(-1))            # B,K,N,P
         peak = votes.max(-1).indices                                           # B,K,N
@@ -180,18 +191,20 @@ class MotionLRAS(nn.Module):
         # softmax(beta * log v) over the 3x3, written as v^beta / sum v^beta
         w = (votes.gather(-1, ny * k + nx) + 1e-8 * norm).pow(self.log_beta.exp())
         w = w / w.sum(-1, keepdim=True)
-        return torch.stack([(w * (nx - r)).sum(-1), (w * (ny - r)).sum(-1)], -1)   # B,K,N,2
+        return torch.stack([(w * (nx - r)).sum(-1), (w * (ny - r)).sum(-1)], -1)   # B,K,M,2
 
-    def warp_source(self, src_img: torch.Tensor, src_feat: torch.Tensor, offsets: torch.Tensor):
+    def warp_source(self, src_img: torch.Tensor, src_feat: torch.Tensor, offsets: torch.Tensor,
+                    cells: torch.Tensor | None = None):
         """Sample the decoded source (B,3,W,W) and the source embeddings (B,D,G,G) at the displaced cells of
-        ``offsets`` (B,K,N,2): content (B,K,N,3*cell^2) (channel-major, as ``to_cells``) and features (B,K,N,D).
+        ``offsets`` (B,K,M,2) (cells ``cells`` (K,M) per mask, default all): content (B,K,M,3*cell^2)
+        (channel-major, as ``to_cells``) and features (B,K,M,D).
 
         A cell's content is its cell x cell pixels moved by its offset, read bilinearly (so sub-cell offsets
         matter); its feature is read at its moved centre."""
         b, masks, n, _ = offsets.shape
         g, cell = self.grid, self.cfg["cell"]
         w = g * cell
-        moved = self.cell_xy + offsets                                         # B,K,N,2 cells (x, y)
+        moved = (self.cell_xy if cells is None else self.cell_xy[cells]) + offsets   # B,K,M,2 cells (x, y)
         # one row of cell^2 sample points per (mask, cell): grid_sample's output is then already in cell order
         pix = (moved.unsqueeze(3) * cell + self.cell_pixels + 0.5) / w * 2 - 1   # B,K,N,cell^2,2
         warped = F.grid_sample(src_img, pix.view(b, masks * n, cell * cell, 2), mode="bilinear",
@@ -201,13 +214,16 @@ class MotionLRAS(nn.Module):
                              align_corners=False)                             # B,D,K,N
         return content, feat.permute(0, 2, 3, 1)
 
-    def warped_inputs(self, src: torch.Tensor, tgt: torch.Tensor, rev: torch.Tensor):
-        """What the code head reads for every target cell under each of K reveal masks ``rev`` (B|1,K,N) bool:
-        content (B,K,N,3*cell^2), features (B,K,N,D) and offsets (B,K,N,2). Only the target codes of revealed
-        cells are read; ``tgt`` may be shared by several source batches (see ``attention``)."""
-        offsets = self.vote_offsets(self.attention(src, tgt), rev)
+    def warped_inputs(self, src: torch.Tensor, tgt: torch.Tensor, rev: torch.Tensor,
+                      cells: torch.Tensor | None = None):
+        """What the code head reads for the target cells ``cells`` (K,M) (default: all) under each of K reveal
+        masks ``rev`` (B|1,K,N) bool: content (B,K,M,3*cell^2), features (B,K,M,D) and offsets (B,K,M,2).
+        Only the target codes of revealed cells are read (and only their match is computed); ``tgt`` may be
+        shared by several source batches (see ``attention``)."""
+        rows = rev.any(1).any(0).nonzero()[:, 0] if rev.shape[0] == 1 else None
+        offsets = self.vote_offsets(self.attention(src, tgt, rows), rev, cells)
         content, feat = self.warp_source(self.tokenizer.decode_normalised(src), self.emb(src).permute(0, 3, 1, 2),
-                                         offsets)
+                                         offsets, cells)
         return content, feat, offsets
 
     def code_logits(self, content: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
