@@ -98,12 +98,17 @@ class LRASPredictor:
         return self._full_passes(src, tgt, perm, revealed, hidden)[:, torch.argsort(hidden)].log_softmax(-1)
 
     @torch.no_grad()
-    def traced_log_probs(self, clean, traced, targets, reveal, cached: bool = True):
+    def traced_log_probs(self, clean, traced, targets, reveal, cached: bool = True, window=None):
         """(clean (1,M,V), traced (B,M,V)) log-probs, both in the touched-last order of this batch.
 
         ``cached``: prefill the untouched prefix once and ``extend`` the clean suffix and every
         variant's suffix in batches; otherwise one full pass per source in the same order (the
         naive reference, for tests).
+
+        ``window`` ((g, g) bool over patches, or None): the search window. The pointer block then starts
+        with the hidden patches inside it (in the permuted order) and, when cached, stops there: the
+        pointers outside are never computed (causal attention: the ones computed do not depend on them).
+        M is then the number of hidden patches in the window (raster order among them).
         """
         ref = self.lpq.encode(clean.to(self.device))
         var = self.lpq.encode(traced.to(self.device))
@@ -112,13 +117,19 @@ class LRASPredictor:
             raise ValueError("traced_log_probs needs one shared target frame")
         perm, revealed, hidden = self._orders(reveal)
         lay = self.layout
+        n_out = len(hidden)
+        if window is not None:
+            inside = window.flatten().cpu()[hidden]
+            hidden = torch.cat([hidden[inside], hidden[~inside]])
+            n_out = int(inside.sum())
         touched = (lay.patchify(var) != lay.patchify(ref)).any(-1).any(0).cpu()
         order = torch.cat([perm[~touched[perm]], perm[touched[perm]]])
         allsrc = torch.cat([ref, var])
-        raster = torch.argsort(hidden)
+        raster = torch.argsort(hidden[:n_out])
         if not cached:
-            lp = self._full_passes(allsrc, tgt, order, revealed, hidden)[:, raster].log_softmax(-1)
+            lp = self._full_passes(allsrc, tgt, order, revealed, hidden)[:, :n_out][:, raster].log_softmax(-1)
             return lp[:1], lp[1:]
+        hidden = hidden[:n_out]
         split = lay.tokens_per_patch * int((~touched).sum())
         tok, pos, _ = self._sequence(ref, tgt, order, revealed, hidden)
         cache = self.lras.prefill(tok[:, :split], pos[:split])
@@ -135,12 +146,13 @@ class LRASPredictor:
         return lp[:1], lp[1:]
 
     @torch.no_grad()
-    def traced_kl(self, clean, traced, targets, reveal, cached: bool = True):
+    def traced_kl(self, clean, traced, targets, reveal, cached: bool = True, window=None):
         """KL maps (B, M) for tracer variants, in groups of ``group`` points (each group its own
-        touched-last order and prefix), so memory stays bounded for a 67k-code vocabulary."""
+        touched-last order and prefix), so memory stays bounded for a 67k-code vocabulary; ``window``: only
+        the hidden patches inside it (see ``traced_log_probs``)."""
         maps = []
         for i in range(0, traced.shape[0], self.group):
-            c, t = self.traced_log_probs(clean, traced[i:i + self.group], targets, reveal, cached)
+            c, t = self.traced_log_probs(clean, traced[i:i + self.group], targets, reveal, cached, window)
             maps.append(kl_map(c, t))
         return torch.cat(maps)
 
@@ -171,23 +183,27 @@ class LRASPredictor:
 
 
 def count_tokens(layout: Layout, reveal: float, points: int, touched_per_point: int = 4,
-                 group: int = 8) -> TokenCount:
+                 group: int = 8, window: int | None = None, revealed_first: bool = False) -> TokenCount:
     """Transformer tokens for ``points`` points on one (pair, mask, scale), naive vs shared-prefix.
 
     Naive (the paper's procedure): per point a full clean and a full traced pass. Ours: points in
     groups of ``group``; per group the untouched prefix once, then the suffix (touched patches of
-    the group + revealed + pointer block) for the clean pass and each point's variant.
+    the group + revealed + pointer block) for the clean pass and each point's variant. ``window``: patches
+    in the search window (the pointer block stops after their hidden ones; default all). ``revealed_first``:
+    the count if the revealed frame-1 patches went into the shared prefix, before the touched frame-0
+    patches (not the published order, so not what the predictor runs; for the arithmetic only).
     """
     n = layout.n_patches
     tpp = layout.tokens_per_patch
     n_rev = int(round(reveal * n))
     n_hid = n - n_rev
+    pointers = n_hid if window is None else int(round(window * n_hid / n))
     full = tpp * n + tpp * n_rev + n_hid
     naive = 2 * full * points
-    cached = 0
+    cached = tpp * n_rev if revealed_first else 0
     for start in range(0, points, group):
         k = min(group, points - start)
         touched = min(n, k * touched_per_point)
-        suffix = tpp * touched + tpp * n_rev + n_hid
+        suffix = tpp * touched + (0 if revealed_first else tpp * n_rev) + pointers
         cached += tpp * (n - touched) + suffix * (k + 1)
     return TokenCount(naive, cached)
