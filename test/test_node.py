@@ -227,14 +227,14 @@ def test_startup_errors_exit_nonzero_with_the_fix(tmp_path, ros_env, case):
 
 
 def test_soak_fast_camera_slow_inference(tmp_path):
-    """`kltrace bench node` for 60 s after a warm-up of 10 pairs: a 30 Hz camera panning slowly (plus a 70 px jump
+    """`kltrace bench node` for 60 s after a warm-up of 40 pairs (the allocator settles): a 30 Hz camera panning slowly (plus a 70 px jump
     every 20 s): frames are dropped and counted; tracks follow the motion of the pairs actually traced; memory
     (steady-state trend) and latency stay flat; SIGINT at the end exits 0 promptly."""
     from kltrace_ros.ros.soak import run_soak
 
     duration = float(os.environ.get("KLTRACE_SOAK_S", "60"))
     rep = run_soak(duration / 60, (200, 160), 30.0, {"num_points": 32, "masks": 2, "scales": 2, "threads": 1},
-                   tmp_path, speed=3.0, jump=70.0, jump_every=20.0, warmup_pairs=10)
+                   tmp_path, speed=3.0, jump=70.0, jump_every=20.0, warmup_pairs=40)
     report = json.dumps(rep)
     print(report)
     (tmp_path.parent / "soak_report.txt").write_text(report)

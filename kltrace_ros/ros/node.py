@@ -27,7 +27,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Point32, PolygonStamped, Vector3
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -407,7 +407,10 @@ def main(argv=None) -> int:
         rclpy.logging.get_logger("kltrace").fatal(f"cannot start: {err}")
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    # the worker runs many short torch calls, each re-taking the GIL; with the default 5 ms switch interval it
+    # waits behind the executor thread at every one of them (a pair took 3x longer under a 30 Hz camera)
+    sys.setswitchinterval(0.0005)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         while not stop.is_set() and rclpy.ok():

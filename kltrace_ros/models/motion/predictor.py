@@ -9,6 +9,7 @@ from .network import MotionLRAS
 
 MIN_SHARPNESS = 15.0   # default for files that carry no calibration of their own
 UNCHANGED = 0.1        # head-input changes below this count as unchanged (see kl_maps)
+ROWS = 256             # the code head runs on a multiple of this many cells
 
 
 class MotionPredictor:
@@ -74,9 +75,16 @@ class MotionPredictor:
         ``unchanged=0``: exact. (Dev set: 0.1 leaves every peak and the table unchanged; see MODEL_CARD.)
         Points go through in chunks of ``self.chunk``, whose intermediates stay in the CPU cache."""
         eps = self.unchanged if unchanged is None else unchanged
-        c = self.chunk
-        return torch.cat([self._kl_maps(sources[i:i + c], traced[i:i + c], targets[i:i + c], reveals, eps)
+        c, n = self.chunk, len(sources)
+        # a partial chunk is padded to a multiple of 8 points (repeats of the last), so that a node whose
+        # number of tracks changes from pair to pair runs few distinct tensor shapes (each new shape leaves
+        # allocator memory behind)
+        pad = torch.cat([torch.arange(n), torch.full(((-n) % min(8, c),), n - 1)]) if n % c else None
+        if pad is not None:
+            sources, traced, targets = sources[pad], traced[pad], targets[pad]
+        maps = torch.cat([self._kl_maps(sources[i:i + c], traced[i:i + c], targets[i:i + c], reveals, eps)
                           for i in range(0, len(sources), c)])
+        return maps[:n]
 
     def _kl_maps(self, sources, traced, targets, reveals, eps: float):
         b, k = len(sources), len(reveals)
@@ -92,11 +100,16 @@ class MotionPredictor:
         differ = torch.maximum((content[b:] - content[:b]).abs().amax(-1), (feat[b:] - feat[:b]).abs().amax(-1))
         which = (differ > eps) & (pos < counts.unsqueeze(1))                    # B,K,M
         maps = torch.zeros(b, k, rev.shape[1], device=self.device)
-        if which.any():
-            logits = m.code_logits(torch.cat([content[:b][which], content[b:][which]]),
-                                   torch.cat([feat[:b][which], feat[b:][which]]))
+        bi, ki, mi = which.nonzero(as_tuple=True)
+        if len(bi):
+            # rows padded to a multiple of ROWS (repeating the last one), so that the head sees few distinct
+            # shapes: every new shape costs allocator and oneDNN cache memory that a long-running node keeps
+            pad = torch.cat([torch.arange(len(bi), device=self.device),
+                             torch.full(((-len(bi)) % ROWS,), len(bi) - 1, device=self.device)])
+            bi, ki, mi = bi[pad], ki[pad], mi[pad]
+            logits = m.code_logits(torch.cat([content[bi, ki, mi], content[b + bi, ki, mi]]),
+                                   torch.cat([feat[bi, ki, mi], feat[b + bi, ki, mi]]))
             p_clean, p_traced = logits.view(2, 1, -1, logits.shape[-1]).unbind(0)
-            bi, ki, mi = which.nonzero(as_tuple=True)
             maps[bi, ki, cells[ki, mi]] = kl_map(p_clean, p_traced)[0]
         return maps
 
