@@ -4,7 +4,8 @@
 
 Checks the CUDA/bf16 path (LRAS in bf16 with autocast, LPQ in fp32; cached KL maps equal
 naive ones within bf16 tolerance) and measures: transformer tokens/s and peak memory at 1B and
-7B sizes (random weights), tracing points/s of the embedded model on CUDA, and SVD / Cosmos-Predict2
+7B sizes (random weights), traced points/s and tokens per point of the LRAS path at the 7B layout and width
+(whole pointer block, and cut to an 8x8-patch search window), tracing points/s of the embedded model on CUDA, and SVD / Cosmos-Predict2
 at their real sizes with random weights (points/s, peak memory; bf16).
 """
 import json
@@ -12,7 +13,7 @@ import sys
 
 import torch
 
-from kltrace_ros.eval.bench import bench_lras, bench_tracing
+from kltrace_ros.eval.bench import bench_lras, bench_lras_tracing, bench_tracing
 
 if not torch.cuda.is_available():
     sys.exit("no CUDA device")
@@ -36,6 +37,12 @@ for size, prefix in (("1b", 4096), ("7b", 5632)):
     torch.cuda.reset_peak_memory_stats()
     out[f"lras_{size}"] = bench_lras(size, prefix=prefix, suffix=1500, batch=8, device="cuda")
 out["tracing_cuda"] = bench_tracing(64, "cuda")
+# the LRAS tracing path at the 7B layout and width (random weights, bf16): traced points/s, tokens per point
+for window in (None, 8):
+    try:
+        out[f"lras_7b_tracing_window_{window}"] = bench_lras_tracing("7b", 64, "cuda", window=window)
+    except Exception as err:  # noqa: BLE001 - report and go on
+        out[f"lras_7b_tracing_window_{window}"] = f"failed: {type(err).__name__}: {err}"
 
 # SVD and Cosmos-Predict2 at their real sizes with random weights (no checkpoint needed): saved as diffusers
 # folders and loaded through the same loader users go through, then one pair of 8 points traced in bf16.

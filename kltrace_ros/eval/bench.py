@@ -69,6 +69,53 @@ def bench_lras(size="tiny", prefix=1024, suffix=256, batch=8, device="cpu", repe
             "peak_memory_MB": _peak_mb(device)}
 
 
+def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None = None, group: int = 16) -> dict:
+    """Traced points/s of the LRAS path on the published layout (256x256 frame, 1024 patches, 10% revealed) with
+    a random model of ``size`` (bf16 on CUDA) and a random full-size LPQ: one scale, one mask, ``points``
+    tracers in groups of ``group`` (shared prefix), the pointer block cut to a ``window`` x ``window`` patch
+    search window around each group's first point when given. Tokens are counted as they run."""
+    from kltrace_ros.models.lras.predictor import LRASPredictor
+    from kltrace_ros.models.lras.tokenizer import LPQ
+    from kltrace_ros.tracing.ops import add_tracer, reveal_mask
+
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n_layer, n_head, n_embd, vocab, block = SIZES[size]
+    n_codes = vocab - 2 * 1024
+    bits = int(np.log2(n_codes))
+    with torch.device(device):
+        lpq = LPQ(LPQ.default_arch(bits=bits) if size != "tiny" else
+                  LPQ.default_arch(channels=16, bits=bits, widths=(16, 8, 4), blocks=1)).eval()
+        lras = LRAS({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "vocab_size": vocab,
+                     "block_size": block}).to(dtype).eval()
+    pred = LRASPredictor(lras, lpq, device, image_size=256, reveal=0.1, group=group)
+    g = torch.Generator().manual_seed(0)
+    clean, target = torch.rand(1, 3, 256, 256, generator=g), torch.rand(1, 3, 256, 256, generator=g)
+    q = torch.rand(points, 2, generator=g) * 192 + 32
+    traced = add_tracer(clean.expand(points, -1, -1, -1), q, pred.tracer_sigma)
+    mask = reveal_mask(32, 32, pred.reveal, g)
+    win = None
+    if window:
+        c = (q[0] / 8).long().clamp(window // 2, 32 - window // 2)
+        win = torch.zeros(32, 32, dtype=torch.bool)
+        win[c[1] - window // 2:c[1] + window // 2, c[0] - window // 2:c[0] + window // 2] = True
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    pred.traced_kl(clean, traced[:2], target, mask, window=win)   # warm-up
+    pred.tokens = {"naive": 0, "cached": 0}
+    sync()
+    t0 = time.perf_counter()
+    pred.traced_kl(clean, traced, target, mask, window=win)
+    sync()
+    dt = time.perf_counter() - t0
+    naive = 2 * (5 * 1024 + 5 * int(round(0.1 * 1024)) + 1024 - int(round(0.1 * 1024))) * points
+    return {"size": size, "params_M": sum(p.numel() for p in lras.parameters()) / 1e6, "device": str(device),
+            "dtype": str(dtype).replace("torch.", ""), "machine": machine(), "points": points, "window": window,
+            "seconds": dt, "points_per_s": points / dt, "tokens_per_point": pred.tokens["cached"] / points,
+            "token_reduction_vs_naive": naive / max(pred.tokens["cached"], 1), "peak_memory_MB": _peak_mb(device)}
+
+
 def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=5) -> dict:
     """Pairs/s and points/s of KL-tracing at default settings, end to end (uint8 frames in, points out), and of
     OpenCV LK and DIS on the same 320x240 frames and points, so the ratios come from one run. Times are the
