@@ -322,14 +322,16 @@ def _run_demo(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure: lras (transformer), tracing (points/s), node (a soak under a camera), "
-                                     "bags (kltrace bags one by one vs on Ray)")
-    p.add_argument("what", choices=("lras", "tracing", "node", "bags"))
+    p = sub.add_parser("bench", help="measure: lras (transformer), tracing (pairs/s beside LK and DIS), lras-tracing "
+                                     "(the LRAS tracing path on the published layout, random weights), node (a soak "
+                                     "under a camera), bags (kltrace bags one by one vs on Ray)")
+    p.add_argument("what", choices=("lras", "tracing", "lras-tracing", "node", "bags"))
     p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny", help="lras: random model size")
     p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
     p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
     p.add_argument("--batch", type=int, default=8, help="lras: continuations per extend")
-    p.add_argument("--points", type=int, default=64, help="tracing: query points per pair")
+    p.add_argument("--points", type=int, default=64, help="tracing, lras-tracing: query points per pair")
+    p.add_argument("--window", type=int, default=None, help="lras-tracing: search window (patches a side)")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--masks", type=int, default=None)
     p.add_argument("--scales", type=int, default=None)
@@ -359,6 +361,8 @@ def _run_bench(args) -> int:
         res = bench_bags(args.recordings, args.frames, _size(args.frame_size or "320x240"), args.points, args.workers)
     elif args.what == "lras":
         res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
+    elif args.what == "lras-tracing":
+        res = bench.bench_lras_tracing(args.size, args.points, dev, args.window)
     else:
         res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
     print(json.dumps(res, indent=1))
