@@ -78,7 +78,7 @@ PARAMETERS = {
     "heatmap_points": Param(4, "how many tracks' KL maps ~/debug/heatmap shows", True, (0, 64)),
     "marker_scale": Param(0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True,
                           (1e-9, 1e3)),
-    "max_point_passes": Param(4096, "work budget per pair: num_points x scales x masks (x 2 with the fb check); larger "
+    "max_point_passes": Param(4096, "work budget per pair: num_points x masks x (scales + 1 with the fb check); larger "
                                     "settings are refused with the time they would take", range=(1, 10**7)),
     "max_image_pixels": Param(4096 * 4096, "larger images are refused before decoding (decompression bombs)", True,
                               (1, 2**28)),
