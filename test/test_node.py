@@ -298,7 +298,14 @@ def test_two_cameras_and_every_output(tmp_path, ros_env, big):
         names = {s.name for s in got["diag"][-1].status}
         assert names == {"kltrace: cam_a", "kltrace: cam_b"}
         keys = {kv.key for kv in got["diag"][-1].status[0].values}
-        assert {"input_rate_hz", "processed_rate_hz", "dropped", "latency_ms", "device", "model"} <= keys
+        assert {"input_rate_hz", "processed_rate_hz", "dropped", "latency_ms", "device", "model", "seeded",
+                "reseeded", "lost", "lost_out_of_view", "lost_occluded", "lost_reset"} <= keys
+        def seeded():   # per camera, from the latest diagnostics (published once a second)
+            return [int(kv.value) for st in got["diag"][-1].status for kv in st.values if kv.key == "seeded"]
+
+        assert h.wait_for(lambda: max(seeded()) >= 8, 5) and len(seeded()) == 2, seeded()
+        born = {t.id: (t.born.sec, t.born.nanosec) for t in got["b_tracks"][-1].tracks}
+        assert all(b != (0, 0) for b in born.values())   # seeded on a stamped camera image
         socket.create_connection(("127.0.0.1", fox_port), timeout=5).close()  # the Foxglove live view is up
         assert f"Foxglove live view on ws://127.0.0.1:{fox_port}" in node_log(proc)
     finally:

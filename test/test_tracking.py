@@ -112,3 +112,45 @@ def test_pipeline_prior_follows_motion_beyond_reach_when_frames_are_skipped():
     moved = (res.ends - res.starts)[res.visible]
     assert len(moved) >= 8 and np.abs(np.median(moved[:, 0]) - 24) < 1.5, moved
     assert np.abs(np.median([t.vx for t in res.tracks if t.visible]) - 8) < 0.5
+
+
+def test_tracks_remember_their_seed_frame_and_losses_and_reseeds_are_counted():
+    """A camera that pans 40 px per pair to the right: points leave the view on the left, new ids are seeded
+    on the frame where they appear, and the counts say how many were lost and re-seeded; messages and JSON
+    records carry the seed stamp."""
+    cv2 = pytest.importorskip("cv2")
+    from kltrace_ros.io.messages import MessageTypes, pair_messages
+    from kltrace_ros.models.analytic import AnalyticShiftPredictor
+    from kltrace_ros.tracing.engine import Engine, TraceConfig
+    from kltrace_ros.tracking.pipeline import TrackingPipeline
+    from kltrace_ros.tracking.tracker import track_record
+
+    canvas = cv2.resize(skdata.astronaut(), (640, 240), interpolation=cv2.INTER_AREA)
+    pipe = TrackingPipeline(Engine(AnalyticShiftPredictor(), TraceConfig(masks=1, scales=2, fb_threshold=0)),
+                            TrackerConfig(num_points=16))
+    born = {}
+    results = []
+    for i in range(6):
+        res = pipe.push(np.ascontiguousarray(canvas[:, 40 * i:40 * i + 320]), 1000 * i, i)
+        if res is None:
+            continue
+        results.append(res)
+        for t in res.tracks:
+            assert born.setdefault(t.id, (t.born_frame, t.born_stamp_ns)) == (t.born_frame, t.born_stamp_ns)
+    c = pipe.tracker.counts
+    first = [tid for tid, (f, _) in born.items() if f == 0]
+    assert 0 < len(first) <= 16 < c.seeded and len(born) <= c.seeded and len(born) > len(first)
+    assert c.lost_out_of_view > 0 and c.reseeded == c.seeded - 16
+    assert c.lost == c.lost_out_of_view + c.lost_occluded + c.lost_reset
+    # every re-seeded track was born on the older image of the pair that seeded it (index and stamp agree)
+    assert all(s == 1000 * f and f > 0 for tid, (f, s) in born.items() if tid not in first)
+    assert c.seeded - c.lost == len(pipe.tracker.tracks)
+    # the outputs say it too
+    from types import SimpleNamespace as NS
+    types = MessageTypes(Track=NS, TrackArray=NS, FlowArray=NS, Point32=NS, Vector3=NS, Time=NS)
+    tracks, _ = pair_messages(types, NS(stamp=None), results[-1])
+    assert [(m.born.sec * 10**9 + m.born.nanosec) for m in tracks.tracks] == [t.born_stamp_ns for t in results[-1].tracks]
+    rec = track_record(results[-1].tracks[-1])
+    assert rec["born_frame"] == results[-1].tracks[-1].born_frame and "born_stamp_ns" in rec
+    pipe.reset()
+    assert pipe.tracker.counts.lost_reset == len(results[-1].tracks)

@@ -12,8 +12,10 @@ import torch
 from kltrace_ros.io.images import skimage_photo
 from kltrace_ros.models.lras.layout import Layout
 from kltrace_ros.models.lras.network import LRAS
-from kltrace_ros.models.lras.predictor import count_tokens
+from kltrace_ros.models.lras.predictor import LRASPredictor, count_tokens
+from kltrace_ros.models.lras.tokenizer import LPQ
 from kltrace_ros.tracing.engine import default_scales
+from kltrace_ros.tracing.ops import add_tracer, reveal_mask
 from kltrace_ros.tracking.builder import Options, load_engine
 
 from .baselines import BASELINES
@@ -74,10 +76,6 @@ def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None 
     a random model of ``size`` (bf16 on CUDA) and a random full-size LPQ: one scale, one mask, ``points``
     tracers in groups of ``group`` (shared prefix), the pointer block cut to a ``window`` x ``window`` patch
     search window around each group's first point when given. Tokens are counted as they run."""
-    from kltrace_ros.models.lras.predictor import LRASPredictor
-    from kltrace_ros.models.lras.tokenizer import LPQ
-    from kltrace_ros.tracing.ops import add_tracer, reveal_mask
-
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_layer, n_head, n_embd, vocab, block = SIZES[size]

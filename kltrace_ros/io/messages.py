@@ -40,7 +40,8 @@ def pair_messages(types: MessageTypes, header, result) -> tuple:
     prev = stamp_msg(types, result.older_stamp_ns)
     tracks = types.TrackArray(header=header, previous_stamp=prev, tracks=[
         types.Track(id=t.id, x=float(t.x), y=float(t.y), vx=float(t.vx), vy=float(t.vy), visible=bool(t.visible),
-                    confidence=float(t.confidence), age=int(t.age)) for t in result.tracks])
+                    confidence=float(t.confidence), age=int(t.age), born=stamp_msg(types, t.born_stamp_ns))
+        for t in result.tracks])
     starts, ends = np.asarray(result.starts).reshape(-1, 2), np.asarray(result.ends).reshape(-1, 2)
     flow = types.FlowArray(
         header=header, previous_stamp=prev,

@@ -370,6 +370,7 @@ class KLTraceNode(Node):
         up = max(time.monotonic() - self.started, 1e-3)
         for cam in self.cameras:
             received, dropped = cam.slot.received, cam.slot.dropped
+            counts = cam.pipeline.tracker.counts
             lat = float(np.mean(cam.latency_ms)) if cam.latency_ms else 0.0
             st = DiagnosticStatus(name=f"kltrace: {cam.topic}", hardware_id=str(self.device),
                                   level=DiagnosticStatus.OK if cam.processed or not received else DiagnosticStatus.WARN,
@@ -378,6 +379,8 @@ class KLTraceNode(Node):
                 ("input_rate_hz", f"{received / up:.2f}"), ("processed_rate_hz", f"{cam.processed / up:.2f}"),
                 ("received", str(received)), ("processed", str(cam.processed)), ("dropped", str(dropped)),
                 ("latency_ms", f"{lat:.1f}"), ("tracks", str(len(cam.pipeline.tracker.tracks))),
+                *((k, str(getattr(counts, k))) for k in ("seeded", "reseeded", "lost", "lost_out_of_view",
+                                                         "lost_occluded", "lost_reset")),
                 ("errors", str(cam.errors)), ("resets", str(cam.resets)),
                 ("device", str(self.device)), ("model", self.engine.p.name))]
             arr.status.append(st)

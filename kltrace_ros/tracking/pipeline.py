@@ -100,16 +100,17 @@ class TrackingPipeline:
             return None
         frames = (max(1, round((stamp_ns - self.older.stamp_ns) / period_ns)) if period_ns
                   else max(1, index - self.older.index))
-        res = self.step(self.older.rgb, rgb, frames)
+        res = self.step(self.older.rgb, rgb, frames, self.older)
         res.older_stamp_ns, res.newer_stamp_ns = self.older.stamp_ns, stamp_ns
         self.older = Frame(rgb, stamp_ns, index)
         return res
 
-    def step(self, older: np.ndarray, newer: np.ndarray, frames: int = 1) -> PairResult:
-        """Seed on the older image if needed, trace the live tracks into the newer one (``frames`` later), update
-        them."""
+    def step(self, older: np.ndarray, newer: np.ndarray, frames: int = 1, seed_frame: Frame | None = None
+             ) -> PairResult:
+        """Seed on the older image if needed (new tracks are born on ``seed_frame``: its index and stamp), trace
+        the live tracks into the newer one (``frames`` later), update them."""
         t0 = time.perf_counter()
-        self.tracker.seed(older)
+        self.tracker.seed(older, *((seed_frame.index, seed_frame.stamp_ns) if seed_frame else (0, 0)))
         starts = self.tracker.query_points()
         prior = self.tracker.predictions(frames) if self.motion_prior else None
         res = self.engine.track(older, newer, starts, self.trace, self.cancel, prior)

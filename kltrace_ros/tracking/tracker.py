@@ -5,7 +5,9 @@ frame pair and returns the tracks of the newer frame. Tracks keep their id while
 visible; an occluded track is kept (at its last position) for ``max_occluded_frames`` pairs
 and then dropped; tracks that leave the image are dropped at once; new points are seeded
 (grid, good-features-to-track corners, or external queries) whenever there are fewer than
-``num_points`` tracks, away from existing ones.
+``num_points`` tracks, away from existing ones. Every track keeps the frame (stream index and stamp) it
+was seeded on, and the tracker counts what it lost and why, and what it seeded again, so that a full set of
+tracks is never mistaken for the original points (:class:`TrackCounts`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class Track:
     confidence: float = 0.0
     age: int = 0
     occluded_for: int = 0
+    born_frame: int = 0          # stream index of the image the track was seeded on
+    born_stamp_ns: int = 0       # and its stamp
 
 
 def inside_image(points: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -41,8 +45,31 @@ TRACK_FIELDS = ("id", "x", "y", "vx", "vy", "visible", "confidence", "age")   # 
 
 
 def track_record(track) -> dict:
-    """A JSON-ready dict of a track (a ``Track`` or a kltrace_ros/Track message)."""
-    return {k: getattr(track, k) for k in TRACK_FIELDS}
+    """A JSON-ready dict of a track (a ``Track`` or a kltrace_ros/Track message), with the stamp (and, for a
+    ``Track``, the stream index) of the image it was seeded on."""
+    rec = {k: getattr(track, k) for k in TRACK_FIELDS}
+    if isinstance(track, Track):
+        rec.update(born_frame=track.born_frame, born_stamp_ns=track.born_stamp_ns)
+    else:
+        rec["born_stamp_ns"] = int(track.born.sec) * 1_000_000_000 + int(track.born.nanosec)
+    return rec
+
+
+@dataclass
+class TrackCounts:
+    """What happened to the tracks of a stream since it started: ``seeded`` tracks in all (the first seeding
+    included), of which ``reseeded`` replaced lost ones; ``lost_out_of_view`` (left the image),
+    ``lost_occluded`` (occluded longer than ``max_occluded_frames``) and ``lost_reset`` (dropped by a reset:
+    time jump, size change, ``~/reset``, new external queries)."""
+    seeded: int = 0
+    reseeded: int = 0
+    lost_out_of_view: int = 0
+    lost_occluded: int = 0
+    lost_reset: int = 0
+
+    @property
+    def lost(self) -> int:
+        return self.lost_out_of_view + self.lost_occluded + self.lost_reset
 
 
 @dataclass
@@ -68,9 +95,13 @@ class PointTracker:
     tracks: list = field(default_factory=list)
     next_id: int = 0
     external: np.ndarray | None = None   # queries from a topic (source == "topic")
+    counts: TrackCounts = field(default_factory=TrackCounts)
+    started: bool = False                # tracks were seeded in this sequence (later seeds replace lost ones)
 
     def reset(self) -> None:
+        self.counts.lost_reset += len(self.tracks)
         self.tracks = []
+        self.started = False
 
     def set_external_queries(self, points, image_size=None) -> dict:
         """Points (N,2) to follow when ``source == 'topic'``; they replace the current tracks.
@@ -84,7 +115,7 @@ class PointTracker:
             inside &= inside_image(pts, *image_size)
         kept = pts[inside][: self.config.num_points]
         self.external = kept
-        self.tracks = []
+        self.reset()
         return {"given": len(pts), "kept": len(kept), "non_finite": int((~finite).sum()),
                 "outside": int((finite & ~inside).sum()), "beyond_num_points": int(inside.sum()) - len(kept)}
 
@@ -102,8 +133,9 @@ class PointTracker:
         v[~seen] = np.median(v[seen], axis=0)
         return self.query_points() + v * frames
 
-    def seed(self, image: np.ndarray) -> None:
-        """Add new tracks on ``image`` (H,W,3 or H,W) up to ``num_points``."""
+    def seed(self, image: np.ndarray, frame: int = 0, stamp_ns: int = 0) -> None:
+        """Add new tracks on ``image`` (H,W,3 or H,W; stream index ``frame``, ``stamp_ns``) up to ``num_points``.
+        New tracks after the first ones of a sequence count as re-seeded."""
         cfg = self.config
         h, w = image.shape[:2]
         need = cfg.num_points - len(self.tracks)
@@ -125,13 +157,17 @@ class PointTracker:
         if len(cand):
             cand = cand[inside_image(cand, h, w)]
         live = self.query_points()
+        first = not self.started          # the first seeding of a sequence replaces nothing
         for p in cand:
             if need <= 0:
                 break
             if len(live) and np.min(np.linalg.norm(live - p, axis=1)) < cfg.min_distance and cfg.source != "topic":
                 continue
-            self.tracks.append(Track(self.next_id, float(p[0]), float(p[1])))
+            self.tracks.append(Track(self.next_id, float(p[0]), float(p[1]), born_frame=frame, born_stamp_ns=stamp_ns))
             self.next_id += 1
+            self.counts.seeded += 1
+            self.counts.reseeded += not first
+            self.started = True
             live = np.vstack([live, p[None]])
             need -= 1
 
@@ -143,6 +179,7 @@ class PointTracker:
         points = np.asarray(points).reshape(-1, 2)
         for t, p, inside, v, c in zip(self.tracks, points, inside_image(points, h, w), visible, confidence):
             if not inside:
+                self.counts.lost_out_of_view += 1
                 continue
             t.age += 1
             t.confidence = float(c)
@@ -155,6 +192,7 @@ class PointTracker:
                 t.vx = t.vy = 0.0
                 t.occluded_for += 1
                 if t.occluded_for > self.config.max_occluded_frames:
+                    self.counts.lost_occluded += 1
                     continue
             kept.append(t)
         self.tracks = kept
