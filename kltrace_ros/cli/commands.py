@@ -16,6 +16,7 @@ from tqdm import tqdm
 from kltrace_ros import __version__
 from kltrace_ros.eval import bench
 from kltrace_ros.eval.calibrate import calibrate
+from kltrace_ros.eval.longseq import evaluate_long, format_long
 from kltrace_ros.eval.run import evaluate, format_table
 from kltrace_ros.eval.suite import make_suite
 from kltrace_ros.io.files import write_json
@@ -34,7 +35,7 @@ CHUNK = 256   # track-pair: query points per engine call (progress is shown past
 
 def register(sub) -> None:
     for add in (_add_version, _add_train, _add_track_pair, _add_eval, _add_video, _add_demo, _add_bench,
-                _add_fetch_lras, _add_calibrate, _add_bag, _add_bags, _add_make_suite):
+                _add_fetch_lras, _add_calibrate, _add_bag, _add_bags, _add_make_suite, _add_eval_long):
         add(sub)
 
 
@@ -196,6 +197,27 @@ def _run_eval(args) -> int:
     res = evaluate(args.root, methods, engines, n_queries=args.queries, seed=args.seed, out=args.out)
     print(format_table(res))
     print(f"results: {args.out / 'results.json'}; plots: {args.out / 'summary.png'}, {args.out / 'pairs.png'}")
+    return 0
+
+
+def _add_eval_long(sub) -> None:
+    p = sub.add_parser("eval-long", help="long tracks on generated sequences (exact ground truth, a crossing "
+                                         "occluder): TAP-Vid first-style metrics, chained LK and DIS beside")
+    p.add_argument("--sequences", type=int, default=3)
+    p.add_argument("--frames", type=int, default=48, help="frames per sequence (40-80 is the benchmark's range)")
+    p.add_argument("--methods", default="kl,lk,dis")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/eval_long"), help="results.json, error_by_frame.png")
+    add_engine_args(p)
+    p.set_defaults(func=_run_eval_long)
+
+
+def _run_eval_long(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    pipe = build_pipeline(options(args, keypoints="topic", num_points=4096)) if "kl" in methods else None
+    res = evaluate_long(args.sequences, args.frames, methods, pipe, args.seed, args.out)
+    print(format_long(res))
+    print(f"results: {args.out / 'results.json'}; plot: {args.out / 'error_by_frame.png'}")
     return 0
 
 

@@ -1,0 +1,49 @@
+"""The long-sequence benchmark: deterministic, exact ground truth, and the metrics tell trackers apart."""
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("skimage.data")
+
+from kltrace_ros.eval.longseq import evaluate_long, make_sequence, score, track_chained_baseline  # noqa: E402
+
+
+def test_sequences_are_deterministic_and_the_ground_truth_is_exact():
+    a, b = make_sequence(1, 24), make_sequence(1, 24)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.tracks, b.tracks)
+    other = make_sequence(2, 24)
+    assert other.frames.shape != a.frames.shape or not np.array_equal(other.frames, a.frames)
+    # a visible point looks in frame t as it looked in frame 0 (a 5x5 patch around it, up to interpolation),
+    # and far less so at the position the camera motion would not explain (the frame-0 position)
+    g0 = cv2.cvtColor(a.frames[0], cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+    def patch(img, p):
+        return cv2.getRectSubPix(img, (5, 5), (float(p[0]), float(p[1])))
+
+    for t in (8, 16, 23):
+        gt = cv2.cvtColor(a.frames[t], cv2.COLOR_RGB2GRAY).astype(np.float32)
+        sel = a.visible[t] & (np.linalg.norm(a.tracks[t] - a.queries, axis=1) > 4)
+        assert sel.sum() > 10
+        good = np.median([np.abs(patch(gt, a.tracks[t, i]) - patch(g0, a.queries[i])).mean() for i in np.where(sel)[0]])
+        bad = np.median([np.abs(patch(gt, a.queries[i]) - patch(g0, a.queries[i])).mean() for i in np.where(sel)[0]])
+        assert good < 0.5 * bad, (t, good, bad)
+    # the occluder hides some points for a while, in view
+    h, w = a.frames.shape[1:3]
+    in_view = (a.tracks[..., 0] >= 0) & (a.tracks[..., 0] <= w - 1) & (a.tracks[..., 1] >= 0) & (a.tracks[..., 1] <= h - 1)
+    assert (in_view & ~a.visible).any()
+
+
+def test_scores_tell_a_tracker_from_a_frozen_one():
+    seq = make_sequence(0, 20)
+    pos, vis = track_chained_baseline(seq, "dis")
+    good = score(seq, pos, vis)
+    frozen = score(seq, np.repeat(seq.queries[None], len(seq.frames), 0), np.ones_like(vis))
+    assert good["delta_avg"] > frozen["delta_avg"] + 30
+    assert good["median_error_f10"] < frozen["median_error_f10"]
+    assert len(good["error_by_frame"]) == 20 and good["error_by_frame"][0] < 1e-6
+
+
+def test_eval_long_writes_results_and_a_plot(tmp_path):
+    res = evaluate_long(1, 12, ("lk", "dis"), out=tmp_path)
+    assert set(res["overall"]) == {"lk", "dis"} and (tmp_path / "error_by_frame.png").stat().st_size > 1000
+    assert 0 <= res["overall"]["lk"]["OA"] <= 100
