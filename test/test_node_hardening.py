@@ -104,9 +104,9 @@ def test_work_budget_reset_burst_and_bad_queries(tmp_path, ros_env):
         r = set_int("num_points", 4096)
         assert not r.successful and "point-passes per pair, over max_point_passes=4096" in r.reason, r.reason
         assert "ms per point-pass measured here" in r.reason, r.reason
-        assert set_int("masks", 32).successful                 # 16 x 1 x 32 x 2 = 1024: within the budget
-        r = set_int("scales", 8)                               # 16 x 8 x 32 x 2 = 8192: over it
-        assert not r.successful and "8192 point-passes" in r.reason, r.reason
+        assert set_int("masks", 32).successful                 # 16 x 32 x (1 + 1) = 1024: within the budget
+        r = set_int("scales", 8)                               # 16 x 32 x (8 + 1) = 4608: over it
+        assert not r.successful and "4608 point-passes" in r.reason, r.reason
         assert set_int("masks", 1).successful and set_int("num_points", 8).successful
         # a burst of resets while frames flow: every call answered, promptly
         futures, answered = [], []

@@ -205,7 +205,8 @@ def _add_eval_long(sub) -> None:
                                          "occluder): TAP-Vid first-style metrics, chained LK and DIS beside")
     p.add_argument("--sequences", type=int, default=3)
     p.add_argument("--frames", type=int, default=48, help="frames per sequence (40-80 is the benchmark's range)")
-    p.add_argument("--methods", default="kl,lk,dis")
+    p.add_argument("--methods", default="anchored,chained,lk,dis",
+                   help="comma-separated: anchored, chained (the tracker in that mode), lk, dis (chained OpenCV)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/eval_long"), help="results.json, error_by_frame.png")
     add_engine_args(p)
@@ -214,8 +215,14 @@ def _add_eval_long(sub) -> None:
 
 def _run_eval_long(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    pipe = build_pipeline(options(args, keypoints="topic", num_points=4096)) if "kl" in methods else None
-    res = evaluate_long(args.sequences, args.frames, methods, pipe, args.seed, args.out)
+    unknown = set(methods) - {"anchored", "chained", "lk", "dis"}
+    if unknown:
+        raise ValueError(f"--methods: unknown {sorted(unknown)}; use anchored, chained, lk, dis")
+    modes = [m for m in methods if m in ("anchored", "chained")]
+    engine = load_engine(options(args)) if modes else None
+    pipes = {m: build_pipeline(options(args, keypoints="topic", num_points=4096, tracking=m), engine) for m in modes}
+    res = evaluate_long(args.sequences, args.frames, [m for m in methods if m not in modes], pipes, args.seed,
+                        args.out)
     print(format_long(res))
     print(f"results: {args.out / 'results.json'}; plot: {args.out / 'error_by_frame.png'}")
     return 0

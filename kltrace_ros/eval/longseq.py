@@ -173,21 +173,21 @@ def inside_view(seq: Sequence) -> np.ndarray:
     return (t[..., 0] >= 0) & (t[..., 0] <= w - 1) & (t[..., 1] >= 0) & (t[..., 1] <= h - 1)
 
 
-def evaluate_long(sequences: int = 3, n_frames: int = 48, methods=("kl", "lk", "dis"), pipeline=None,
+def evaluate_long(sequences: int = 3, n_frames: int = 48, methods=("lk", "dis"), pipelines: dict | None = None,
                   seed: int = 0, out: Path | None = None) -> dict:
     """Every method on ``sequences`` generated sequences; per method the mean of each metric over sequences
-    (and per sequence). ``pipeline`` (a TrackingPipeline) runs "kl"."""
-    results = {"sequences": [], "methods": {m: [] for m in methods}}
+    (and per sequence). ``pipelines`` (name -> TrackingPipeline) run first, then the baselines ``methods``."""
+    pipelines = pipelines or {}
+    results = {"sequences": [], "methods": {m: [] for m in [*pipelines, *methods]}}
     for k in tqdm(range(sequences), desc="eval-long", unit="seq"):
         seq = make_sequence(seed + k, n_frames)
         results["sequences"].append(seq.name)
+        for m, pipe in pipelines.items():
+            pos, vis = track_pipeline(seq, pipe)
+            alive = np.array([any(t.id == i for t in pipe.tracker.tracks) for i in range(len(seq.queries))])
+            results["methods"][m].append(score(seq, pos, vis, alive))
         for m in methods:
-            if m == "kl":
-                pos, vis = track_pipeline(seq, pipeline)
-                alive = np.array([any(t.id == i for t in pipeline.tracker.tracks) for i in range(len(seq.queries))])
-                results["methods"][m].append(score(seq, pos, vis, alive))
-            else:
-                results["methods"][m].append(score(seq, *track_chained_baseline(seq, m)))
+            results["methods"][m].append(score(seq, *track_chained_baseline(seq, m)))
     results["overall"] = {m: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "error_by_frame"}
                           for m, rows in results["methods"].items()}
     if out is not None:

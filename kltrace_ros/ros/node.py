@@ -67,6 +67,8 @@ PARAMETERS = {
     "threads": Param(0, "torch CPU threads (0 = all cores)", range=(0, 256)),
     "frame_gap": Param(1, "trace between frames at least this many frames apart", True, (1, 100)),
     "keypoints": Param("grid", "grid | features | topic (~/queries, geometry_msgs/PolygonStamped)"),
+    "tracking": Param("anchored", "anchored (each track traced from the frame it was born or re-anchored on) | "
+                                  "chained (from the previous traced frame)"),
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
     "max_occluded_frames": Param(5, "frames an occluded track is kept before it is dropped", True, (0, 1000)),
     "masks": Param(0, "reveal masks per scale (0 = the model's default)", True, (0, 32)),
@@ -104,7 +106,8 @@ def options(params: dict) -> Options:
                    occlusion_threshold=params["occlusion_threshold"], fb_threshold=params["fb_threshold"],
                    keep_maps=True,
                    num_points=params["num_points"], keypoints=params["keypoints"],
-                   max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"])
+                   max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"],
+                   tracking=params["tracking"])
 
 
 class FrameSlot:

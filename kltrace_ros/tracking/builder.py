@@ -28,6 +28,7 @@ class Options:
     max_occluded_frames: int = 5
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
+    tracking: str = "chained"                # chained | anchored (see tracking.pipeline)
 
     def with_(self, **changes) -> "Options":
         return replace(self, **changes)
@@ -70,4 +71,4 @@ def build_pipeline(opts: Options, engine: Engine | None = None, on_reset: Callab
     """A pipeline for one camera; ``engine`` (shared by several cameras) is loaded when not given."""
     engine = engine or load_engine(opts)
     return TrackingPipeline(engine, tracker_config(opts), trace_config(opts, engine.p), opts.frame_gap, on_reset,
-                            cancel, opts.motion_prior)
+                            cancel, opts.motion_prior, opts.tracking)

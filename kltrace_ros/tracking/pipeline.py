@@ -4,6 +4,16 @@ One ``TrackingPipeline`` per camera, used by the node, ``kltrace video`` and ``k
 alike: ``push`` each frame with its stamp; it traces the pair (the frame the tracks live on,
 this frame) once the frames are at least ``frame_gap`` apart, and resets the tracks when time
 jumps back (bag loop, simulation reset) or the image size changes.
+
+Two modes. ``chained``: every track is traced from the previous traced frame, so errors add up step by
+step. ``anchored``: every track is traced from its anchor, the frame it was born on (or last re-anchored on)
+at the point it had there, straight into the new frame; the search starts where the track probably is now
+(its last position plus its velocity times the frames since), so the anchor's point is found even when it
+has moved far. Re-anchoring rule: when the anchored trace does not find the point (not visible: weak or
+smeared peak, or the backward check fails, e.g. the view changed since the anchor), the track is traced
+chained from the previous frame instead, and if that finds it, the previous frame becomes its new anchor
+(at its position there). Anchor frames are shared by the tracks that use them and released when none does;
+at most ``MAX_ANCHORS`` are kept (beyond, the tracks of the oldest are re-anchored on the previous frame).
 """
 from __future__ import annotations
 
@@ -16,6 +26,9 @@ import numpy as np
 from kltrace_ros.tracing.engine import Engine, TraceConfig
 
 from .tracker import PointTracker, TrackerConfig
+
+MODES = ("chained", "anchored")
+MAX_ANCHORS = 16
 
 
 @dataclass
@@ -65,7 +78,9 @@ def reset_reason(older: Frame | None, rgb: np.ndarray, stamp_ns: int) -> Reset |
 class TrackingPipeline:
     def __init__(self, engine: Engine, tracker: TrackerConfig | None = None, trace: TraceConfig | None = None,
                  frame_gap: int = 1, on_reset: Callable[[Reset], None] | None = None, cancel=None,
-                 motion_prior: bool = False):
+                 motion_prior: bool = False, mode: str = "chained"):
+        if mode not in MODES:
+            raise ValueError(f"tracking mode must be one of {MODES}, got {mode!r}")
         self.engine = engine
         self.trace = trace or engine.cfg        # this stream's tracing settings (one engine serves many streams)
         self.tracker = PointTracker(tracker or TrackerConfig())
@@ -77,11 +92,14 @@ class TrackingPipeline:
         # Off by default: extrapolating a velocity over the seconds a CPU pair takes, through a camera that turns
         # or jumps, sends the search out of reach (the 60 s soak's small-motion error rose from under 1 to 1.8 px).
         self.motion_prior = motion_prior
+        self.mode = mode
+        self.anchors: dict = {}                 # frame index -> RGB image of the anchors in use (anchored mode)
 
     def reset(self) -> None:
         """Forget every track and the frame they live on: the next frame starts a new sequence."""
         self.tracker.reset()
         self.older = None
+        self.anchors = {}
 
     def push(self, rgb: np.ndarray, stamp_ns: int, index: int, period_ns: float | None = None) -> PairResult | None:
         """Take the next frame of the stream; returns the traced pair's result, or None (first frame of a
@@ -112,8 +130,49 @@ class TrackingPipeline:
         t0 = time.perf_counter()
         self.tracker.seed(older, *((seed_frame.index, seed_frame.stamp_ns) if seed_frame else (0, 0)))
         starts = self.tracker.query_points()
-        prior = self.tracker.predictions(frames) if self.motion_prior else None
-        res = self.engine.track(older, newer, starts, self.trace, self.cancel, prior)
-        tracks = self.tracker.update(res.points, res.visible, res.confidence, newer.shape[:2], frames)
-        return PairResult(list(tracks), starts, res.points, res.visible, res.confidence, res.maps,
-                          time.perf_counter() - t0, frames=frames)
+        if self.mode == "anchored" and seed_frame is not None:
+            ends, visible, confidence, maps = self._anchored(older, newer, frames, seed_frame.index)
+        else:
+            prior = self.tracker.predictions(frames) if self.motion_prior else None
+            res = self.engine.track(older, newer, starts, self.trace, self.cancel, prior)
+            ends, visible, confidence, maps = res.points, res.visible, res.confidence, res.maps
+        tracks = self.tracker.update(ends, visible, confidence, newer.shape[:2], frames)
+        if self.mode == "anchored":
+            used = {t.anchor_frame for t in tracks}
+            self.anchors = {k: v for k, v in self.anchors.items() if k in used}
+        return PairResult(list(tracks), starts, ends, visible, confidence, maps, time.perf_counter() - t0,
+                          frames=frames)
+
+    def _anchored(self, older, newer, frames: int, older_index: int):
+        """Anchored tracing of the live tracks (see the module doc): points, visibility, confidence, maps."""
+        tracks = self.tracker.tracks
+        n = len(tracks)
+        self.anchors[older_index] = older
+        if len({t.anchor_frame for t in tracks}) > MAX_ANCHORS:   # re-anchor the oldest groups on ``older``
+            keep = sorted({t.anchor_frame for t in tracks})[-(MAX_ANCHORS - 1):]
+            for t in tracks:
+                if t.anchor_frame not in keep:
+                    t.anchor_frame, t.ax, t.ay = older_index, t.x, t.y
+        here = self.tracker.query_points()
+        vel = np.array([[t.vx, t.vy] if t.visible else [0.0, 0.0] for t in tracks], np.float64).reshape(-1, 2)
+        prior = here + vel * frames
+        ends, visible, conf = prior.copy(), np.zeros(n, bool), np.zeros(n)
+        maps = [None] * n
+        for frame in sorted({t.anchor_frame for t in tracks}):
+            idx = [i for i, t in enumerate(tracks) if t.anchor_frame == frame]
+            src = np.array([[tracks[i].ax, tracks[i].ay] for i in idx])
+            res = self.engine.track(self.anchors[frame], newer, src, self.trace, self.cancel,
+                                    None if frame == older_index else prior[idx])
+            ends[idx], visible[idx], conf[idx] = res.points, res.visible, res.confidence
+            for j, i in enumerate(idx):
+                maps[i] = res.maps[j] if res.maps else None
+        # lost from the anchor: trace chained from the previous frame; if found there, re-anchor on it
+        lost = [i for i, t in enumerate(tracks) if not visible[i] and t.anchor_frame != older_index]
+        if lost:
+            res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
+            for j, i in enumerate(lost):
+                if res.visible[j]:
+                    ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
+                    tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
+                    maps[i] = res.maps[j] if res.maps else None
+        return ends, visible, conf, maps if any(m is not None for m in maps) else []

@@ -32,6 +32,9 @@ class Track:
     occluded_for: int = 0
     born_frame: int = 0          # stream index of the image the track was seeded on
     born_stamp_ns: int = 0       # and its stamp
+    anchor_frame: int = 0        # anchored tracing: the frame it is traced from (born or last re-anchored on)
+    ax: float = 0.0              # and its position there
+    ay: float = 0.0
 
 
 def inside_image(points: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -163,7 +166,8 @@ class PointTracker:
                 break
             if len(live) and np.min(np.linalg.norm(live - p, axis=1)) < cfg.min_distance and cfg.source != "topic":
                 continue
-            self.tracks.append(Track(self.next_id, float(p[0]), float(p[1]), born_frame=frame, born_stamp_ns=stamp_ns))
+            self.tracks.append(Track(self.next_id, float(p[0]), float(p[1]), born_frame=frame, born_stamp_ns=stamp_ns,
+                                     anchor_frame=frame, ax=float(p[0]), ay=float(p[1])))
             self.next_id += 1
             self.counts.seeded += 1
             self.counts.reseeded += not first
