@@ -87,7 +87,8 @@ def settings_record(settings: Settings) -> dict:
     """What a finished output was made with (a rerun with other settings does not take it as done)."""
     o = settings.options
     return {"topic": settings.topic, "model": str(o.model) if o.model else "embedded", "method": o.method,
-            "points": o.num_points, "keypoints": o.keypoints, "masks": o.masks, "scales": o.scales,
+            "points": o.num_points, "keypoints": o.keypoints, "tracking": o.tracking, "masks": o.masks,
+            "scales": o.scales,
             "fb_threshold": o.fb_threshold, "overlay": settings.overlay, "max_side": settings.max_side}
 
 

@@ -59,6 +59,8 @@ def add_engine_args(p) -> None:
 def add_stream_args(p, live_view: bool = True) -> None:
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
+    p.add_argument("--tracking", choices=("anchored", "chained"), default="anchored",
+                   help="trace each track from the frame it was born on (anchored) or from the previous one")
     if live_view:
         p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
                        help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
@@ -71,7 +73,8 @@ def options(args, **changes) -> Options:
                    masks=args.masks, scales=args.scales, occlusion_threshold=args.occlusion_threshold,
                    fb_threshold=args.fb_threshold,
                    keep_maps=getattr(args, "foxglove", None) is not None,
-                   num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"))
+                   num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"),
+                   tracking=getattr(args, "tracking", "anchored"))
     return opts.with_(**changes)
 
 
