@@ -75,7 +75,7 @@ def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None 
     """Traced points/s of the LRAS path on the published layout (256x256 frame, 1024 patches, 10% revealed) with
     a random model of ``size`` (bf16 on CUDA) and a random full-size LPQ: one scale, one mask, ``points``
     tracers in groups of ``group`` (shared prefix), the pointer block cut to a ``window`` x ``window`` patch
-    search window around each group's first point when given. Tokens are counted as they run."""
+    search window around the first point when given. Tokens are counted as they run."""
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_layer, n_head, n_embd, vocab, block = SIZES[size]
@@ -96,7 +96,7 @@ def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None 
     if window:
         c = (q[0] / 8).long().clamp(window // 2, 32 - window // 2)
         win = torch.zeros(32, 32, dtype=torch.bool)
-        win[c[1] - window // 2:c[1] + window // 2, c[0] - window // 2:c[0] + window // 2] = True
+        win[c[1] - window // 2:c[1] - window // 2 + window, c[0] - window // 2:c[0] - window // 2 + window] = True
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -107,7 +107,7 @@ def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None 
     pred.traced_kl(clean, traced, target, mask, window=win)
     sync()
     dt = time.perf_counter() - t0
-    naive = 2 * (5 * 1024 + 5 * int(round(0.1 * 1024)) + 1024 - int(round(0.1 * 1024))) * points
+    naive = count_tokens(pred.layout, pred.reveal, points).naive
     return {"size": size, "params_M": sum(p.numel() for p in lras.parameters()) / 1e6, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "machine": machine(), "points": points, "window": window,
             "seconds": dt, "points_per_s": points / dt, "tokens_per_point": pred.tokens["cached"] / points,

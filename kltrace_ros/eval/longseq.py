@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kltrace_ros.io.images import SKIMAGE_IMAGES, skimage_photo
+from kltrace_ros.io.images import SKIMAGE_IMAGES
 from kltrace_ros.tracking.pipeline import TrackingPipeline
-from kltrace_ros.tracking.tracker import TrackerConfig
 
 from .baselines import BASELINES
 from .metrics import tapvid_metrics
+from .suite import apply_homography, photo_rgb
 
 SIZES = ((320, 240), (256, 256), (384, 216))      # (w, h)
 REPORT_FRAMES = (5, 10, 20)                        # median error at these frames, and at the last one
@@ -39,16 +39,6 @@ class Sequence:
     visible: np.ndarray      # (T,N) bool: in view and not under the disc
 
 
-def _photo(name: str) -> np.ndarray:
-    img = skimage_photo(name)
-    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 or img.shape[2] == 1 else img[..., :3]
-
-
-def _project(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    p = np.c_[pts, np.ones(len(pts))] @ m.T
-    return p[:, :2] / p[:, 2:3]
-
-
 def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = None, n_queries: int = 64,
                   speed_256: float = 4.0) -> Sequence:
     """One sequence: the camera pans out and back (a sine over the sequence, about ``speed_256`` px per frame at
@@ -57,7 +47,7 @@ def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = 
     w, h = size or SIZES[seed % len(SIZES)]
     photos = [n for n in SKIMAGE_IMAGES if n not in ("page.png", "text.png", "cell.png", "horse.png")]
     bg, fg = rng.choice(len(photos), 2, replace=False)
-    photo = _photo(photos[bg])
+    photo = photo_rgb(photos[bg])
     # the photo scaled so that the camera's whole path stays on it
     span = speed_256 * w / 256 * n_frames / np.pi
     s = max((w + 2 * span) / photo.shape[1], (h + span) / photo.shape[0], 1.0) * 1.15
@@ -87,7 +77,7 @@ def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = 
     side = rng.choice([-1, 1])
     centres = np.stack([np.linspace(w / 2 - side * (w / 2 + r), w / 2 + side * (w / 2 + r), n_frames),
                         np.linspace(y0, y1, n_frames)], 1)
-    tex = cv2.resize(_photo(photos[fg]), (int(2 * r) + 2, int(2 * r) + 2), interpolation=cv2.INTER_AREA)
+    tex = cv2.resize(photo_rgb(photos[fg]), (int(2 * r) + 2, int(2 * r) + 2), interpolation=cv2.INTER_AREA)
     ys, xs = np.mgrid[0:h, 0:w]
     frames = np.zeros((n_frames, h, w, 3), np.uint8)
     for t, (m, c) in enumerate(zip(mats, centres)):
@@ -100,8 +90,8 @@ def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = 
     margin = 0.08 * min(w, h)
     q = rng.uniform([margin, margin], [w - margin, h - margin], (4 * n_queries, 2))
     q = q[np.linalg.norm(q - centres[0], axis=1) > r + 4][:n_queries]
-    on_canvas = _project(np.linalg.inv(mats[0]), q)
-    tracks = np.stack([_project(m, on_canvas) for m in mats])               # T,N,2
+    on_canvas = apply_homography(np.linalg.inv(mats[0]), q)
+    tracks = np.stack([apply_homography(m, on_canvas) for m in mats])               # T,N,2
     inside = ((tracks[..., 0] >= 0) & (tracks[..., 0] <= w - 1) & (tracks[..., 1] >= 0) & (tracks[..., 1] <= h - 1))
     free = np.linalg.norm(tracks - centres[:, None], axis=2) > r
     name = f"long_{seed:03d}_{photos[bg].split('.')[0]}_{w}x{h}"
@@ -161,6 +151,7 @@ def score(seq: Sequence, pos: np.ndarray, vis: np.ndarray, alive: np.ndarray | N
     shown = vis[1:] & gv
     occluded = ~seq.visible[1:] & inside_view(seq)[1:]
     return {**{k: m[k] for k in ("delta_avg", "AJ", "OA")}, **at,
+            # of the points reported visible that are visible, the share more than 8 px off
             "visible_over_8px": float((err[1:][shown] > 8).mean()) if shown.any() else 0.0,
             "occluded_flagged": float((~vis[1:][occluded]).mean()) if occluded.any() else float("nan"),
             "survival": float(alive.mean()) if alive is not None else float(vis[-1].mean()),

@@ -26,7 +26,7 @@ KINDS = ("translation", "similarity", "affine", "homography")
 MAX_MOTION_256 = 64.0                                                  # a quarter of the width at 256
 
 
-def _photo(name: str) -> np.ndarray:
+def photo_rgb(name: str) -> np.ndarray:
     img = skimage_photo(name)
     return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 or img.shape[2] == 1 else img[..., :3]
 
@@ -52,7 +52,7 @@ def _transform(kind: str, rng: np.random.Generator, size: tuple[int, int], motio
     return m
 
 
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+def apply_homography(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     p = np.c_[pts, np.ones(len(pts))] @ m.T
     return p[:, :2] / p[:, 2:3]
 
@@ -66,19 +66,19 @@ def _pair(rng: np.random.Generator, index: int) -> tuple[dict, np.ndarray, np.nd
     motion = rng.uniform(2.0, MAX_MOTION_256) * w / 256            # px of this frame (width-normalised to 256)
     m2 = _transform(kind, rng, size, motion)                       # frame 1 -> frame 2
     # frame 1: the photo fitted to cover the frame with a margin; frame 2: the same through m2
-    photo = _photo(photos[bg])
+    photo = photo_rgb(photos[bg])
     s = 1.4 * max(w / photo.shape[1], h / photo.shape[0])
     base = np.array([[s, 0, (w - s * photo.shape[1]) / 2], [0, s, (h - s * photo.shape[0]) / 2], [0, 0, 1]])
     f1 = cv2.warpPerspective(photo, base, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     f2 = cv2.warpPerspective(photo, m2 @ base, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     ys, xs = np.mgrid[0:h, 0:w]
     grid = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64)
-    flow = (_apply(m2, grid) - grid).reshape(h, w, 2)
+    flow = (apply_homography(m2, grid) - grid).reshape(h, w, 2)
     # the occluder: a textured disc moving on its own, drawn over both frames
     r = rng.uniform(0.12, 0.2) * min(w, h)
     c1 = rng.uniform([r, r], [w - r, h - r])
     c2 = c1 + rng.uniform(-1, 1, 2) * motion
-    tex = cv2.resize(_photo(photos[fg]), (int(2 * r) + 2, int(2 * r) + 2), interpolation=cv2.INTER_AREA)
+    tex = cv2.resize(photo_rgb(photos[fg]), (int(2 * r) + 2, int(2 * r) + 2), interpolation=cv2.INTER_AREA)
     for frame, c in ((f1, c1), (f2, c2)):
         shift = np.float64([[1, 0, c[0] - r], [0, 1, c[1] - r]])
         layer = cv2.warpAffine(tex, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)

@@ -306,7 +306,7 @@ class KLTraceNode(Node):
             pipe.trace = trace_config(opts, self.engine.p)
             pipe.tracker.config = tracker_config(opts)
             pipe.frame_gap = opts.frame_gap
-            del pipe.tracker.tracks[opts.num_points:]
+            pipe.tracker.limit(opts.num_points)
 
     def _warn_reset(self, cam: Camera, reset: Reset) -> None:
         """Rate-limited per kind (rclpy throttles per call site), with the running count."""

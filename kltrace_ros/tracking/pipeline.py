@@ -12,8 +12,9 @@ at the point it had there, straight into the new frame; the search starts where 
 has moved far. Re-anchoring rule: when the anchored trace does not find the point (not visible: weak or
 smeared peak, or the backward check fails, e.g. the view changed since the anchor), the track is traced
 chained from the previous frame instead, and if that finds it, the previous frame becomes its new anchor
-(at its position there). Anchor frames are shared by the tracks that use them and released when none does;
-at most ``MAX_ANCHORS`` are kept (beyond, the tracks of the oldest are re-anchored on the previous frame).
+(at its position there), if it was seen there. Anchor frames are shared by the tracks that use them and
+released when none does; about ``MAX_ANCHORS`` are kept (beyond, the visible tracks of the oldest are
+re-anchored on the previous frame; occluded ones keep their anchor, so at most one per track).
 """
 from __future__ import annotations
 
@@ -148,10 +149,10 @@ class TrackingPipeline:
         tracks = self.tracker.tracks
         n = len(tracks)
         self.anchors[older_index] = older
-        if len({t.anchor_frame for t in tracks}) > MAX_ANCHORS:   # re-anchor the oldest groups on ``older``
-            keep = sorted({t.anchor_frame for t in tracks})[-(MAX_ANCHORS - 1):]
+        if len({t.anchor_frame for t in tracks}) > MAX_ANCHORS - 1:   # re-anchor the oldest groups on ``older``
+            keep = sorted({t.anchor_frame for t in tracks})[-(MAX_ANCHORS - 2):]
             for t in tracks:
-                if t.anchor_frame not in keep:
+                if t.anchor_frame not in keep and t.visible:   # an occluded track's position is only a guess
                     t.anchor_frame, t.ax, t.ay = older_index, t.x, t.y
         here = self.tracker.query_points()
         vel = np.array([[t.vx, t.vy] if t.visible else [0.0, 0.0] for t in tracks], np.float64).reshape(-1, 2)
@@ -167,7 +168,8 @@ class TrackingPipeline:
             for j, i in enumerate(idx):
                 maps[i] = res.maps[j] if res.maps else None
         # lost from the anchor: trace chained from the previous frame; if found there, re-anchor on it
-        lost = [i for i, t in enumerate(tracks) if not visible[i] and t.anchor_frame != older_index]
+        # (only tracks seen on the previous frame: an occluded track's position there is only a guess)
+        lost = [i for i, t in enumerate(tracks) if not visible[i] and t.visible and t.anchor_frame != older_index]
         if lost:
             res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
             for j, i in enumerate(lost):

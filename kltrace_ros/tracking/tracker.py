@@ -101,6 +101,11 @@ class PointTracker:
     counts: TrackCounts = field(default_factory=TrackCounts)
     started: bool = False                # tracks were seeded in this sequence (later seeds replace lost ones)
 
+    def limit(self, n: int) -> None:
+        """Keep at most ``n`` tracks (a lowered ``num_points``); the rest count as lost by a reset."""
+        self.counts.lost_reset += max(0, len(self.tracks) - n)
+        del self.tracks[n:]
+
     def reset(self) -> None:
         self.counts.lost_reset += len(self.tracks)
         self.tracks = []
