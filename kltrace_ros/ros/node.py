@@ -67,8 +67,8 @@ PARAMETERS = {
     "threads": Param(0, "torch CPU threads (0 = all cores)", range=(0, 256)),
     "frame_gap": Param(1, "trace between frames at least this many frames apart", True, (1, 100)),
     "keypoints": Param("grid", "grid | features | topic (~/queries, geometry_msgs/PolygonStamped)"),
-    "tracking": Param("anchored", "anchored (each track traced from the frame it was born or re-anchored on) | "
-                                  "chained (from the previous traced frame)"),
+    "tracking": Param("chained", "chained (from the previous traced frame) | anchored (each track traced from the "
+                                 "frame it was born or re-anchored on: less drift, slower under fast cameras)"),
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
     "max_occluded_frames": Param(5, "frames an occluded track is kept before it is dropped", True, (0, 1000)),
     "masks": Param(0, "reveal masks per scale (0 = the model's default)", True, (0, 32)),

@@ -28,7 +28,7 @@ class Options:
     max_occluded_frames: int = 5
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
-    tracking: str = "anchored"               # anchored | chained (see tracking.pipeline; eval-long measures both)
+    tracking: str = "chained"                # chained | anchored (see tracking.pipeline and README, Long tracks)
 
     def with_(self, **changes) -> "Options":
         return replace(self, **changes)
