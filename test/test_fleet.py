@@ -37,7 +37,8 @@ def test_two_robots_one_node_compressed_over_loopback(tmp_path, ros_env, monkeyp
     for k, v in FLEET_ENV.items():
         monkeypatch.setenv(k, v)                       # this process's DDS participant too
     inputs = [f"{r}/camera/image_raw" for r in ROBOTS]
-    node = start_node(tmp_path, env, {"inputs": inputs, "num_points": 12, "fb_threshold": 0.0},   # compressed: from
+    node = start_node(tmp_path, env, {"inputs": inputs, "num_points": 12, "fb_threshold": 0.0,    # compressed: from
+                                      "frame_gap": 4},   # a pair spans enough motion to tell a frozen tracker
                       ["--params-file", str(ROOT / "config" / "kltrace_fleet.yaml")])          # the shipped file
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain_id(env))

@@ -227,14 +227,14 @@ def test_startup_errors_exit_nonzero_with_the_fix(tmp_path, ros_env, case):
 
 
 def test_soak_fast_camera_slow_inference(tmp_path):
-    """`kltrace bench node` for 60 s after a warm-up of 40 pairs (the allocator settles): a 30 Hz camera panning slowly (plus a 70 px jump
+    """`kltrace bench node` for 60 s after a warm-up of 100 pairs (the allocator settles): a 30 Hz camera panning slowly (plus a 70 px jump
     every 20 s): frames are dropped and counted; tracks follow the motion of the pairs actually traced; memory
     (steady-state trend) and latency stay flat; SIGINT at the end exits 0 promptly."""
     from kltrace_ros.ros.soak import run_soak
 
     duration = float(os.environ.get("KLTRACE_SOAK_S", "60"))
     rep = run_soak(duration / 60, (200, 160), 30.0, {"num_points": 32, "masks": 2, "scales": 2, "threads": 1},
-                   tmp_path, speed=3.0, jump=70.0, jump_every=20.0, warmup_pairs=40)
+                   tmp_path, speed=3.0, jump=70.0, jump_every=20.0, warmup_pairs=100)
     report = json.dumps(rep)
     print(report)
     (tmp_path.parent / "soak_report.txt").write_text(report)
@@ -322,7 +322,8 @@ def test_sigint_or_sigterm_in_the_middle_of_a_pair_exits_0_promptly(tmp_path, ro
     try:
         for k in range(10):
             (tmp_path / f"run{k}").mkdir()
-            proc = start_node(tmp_path / f"run{k}", ros_env, {"num_points": 48, "masks": 4, "scales": 2})
+            # a pair long enough (~1 s on 2 cores) for the signal to land in the middle of it
+            proc = start_node(tmp_path / f"run{k}", ros_env, {"num_points": 128, "masks": 8, "scales": 2})
             assert h.wait_connected(60, proc), node_log(proc)
             before = len(h.tracks)
             h.publish(shifted(big, 0, 0))

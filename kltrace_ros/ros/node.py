@@ -153,6 +153,7 @@ class Camera:
     errors: int = 0                       # frames that could not be converted or traced
     resets: int = 0                       # tracks reset by a time jump or a size change
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=50))
+    size: tuple | None = None             # (H, W) of its last image: checks ~/queries even right after a reset
 
 
 class KLTraceNode(Node):
@@ -289,8 +290,7 @@ class KLTraceNode(Node):
                 self.get_logger().info("tracks cleared by ~/reset")
             elif kind == "queries":
                 for cam in self.cameras:
-                    older = cam.pipeline.older
-                    n = cam.pipeline.tracker.set_external_queries(value, older.rgb.shape[:2] if older else None)
+                    n = cam.pipeline.tracker.set_external_queries(value, cam.size)
                     text = (f"{cam.topic}: following {n['kept']} of {n['given']} query points from ~/queries"
                             + "".join(f", {n[k]} {k.replace('_', ' ')}" for k in ("non_finite", "outside",
                                                                                "beyond_num_points") if n[k]))
@@ -320,6 +320,7 @@ class KLTraceNode(Node):
     def _process(self, cam: Camera, msg, index: int, period_ns: float | None = None) -> None:
         limit = self.params["max_image_pixels"]
         rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
+        cam.size = rgb.shape[:2]
         t_in = time.monotonic()
         res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index, period_ns)
         if res is None:
