@@ -96,12 +96,12 @@ def test_train_runs_from_scratch_and_resumes(tmp_path):
 
 
 def test_gross_failures_are_not_reported_visible():
-    """A 64 px jump (beyond the model's reach) makes tracing fail: the forward-backward check must flag the
-    failures, and keep small-motion points visible."""
+    """A 110x60 px jump at 320x240 (109 px at 256, beyond the model's reach) makes tracing fail: the
+    forward-backward check must flag the failures, and keep small-motion points visible."""
     img = cv2.resize(skdata.chelsea(), (320, 240), interpolation=cv2.INTER_AREA)
     q = np.random.default_rng(1).uniform([60, 50], [260, 190], (24, 2))
     eng = Engine(load_predictor(), TraceConfig())
-    for d, kind in (((2.5, -1.5), "small"), ((80.0, 0.0), "large")):
+    for d, kind in (((2.5, -1.5), "small"), ((110.0, 60.0), "large")):
         f2 = cv2.warpAffine(img, np.float32([[1, 0, d[0]], [0, 1, d[1]]]), (320, 240), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REFLECT)
         res = eng.track(img, f2, q)
@@ -112,6 +112,27 @@ def test_gross_failures_are_not_reported_visible():
             wrong = err > 16
             assert wrong.sum() >= 12, err                                   # the jump is beyond the model's reach
             assert res.visible[wrong].mean() <= 0.25, (res.visible[wrong], res.fb_error[wrong])
+
+
+def test_default_schedule_reaches_a_quarter_of_the_frame():
+    """Camera motions of 62-64 px at the 256 working resolution (a quarter of the frame width) are found by the
+    default coarse-to-fine schedule with no prior (first scale 192 px, cells of 12 px); the former schedule that
+    started at a 64 px crop finds none of them."""
+    img = cv2.resize(skdata.chelsea(), (320, 240), interpolation=cv2.INTER_AREA)
+    q = np.random.default_rng(1).uniform([30, 30], [240, 180], (24, 2))
+    pred = load_predictor()
+    for d in ((56.0, 40.0), (-56.0, 40.0), (75.0, 0.0)):
+        f2 = cv2.warpAffine(img, np.float32([[1, 0, d[0]], [0, 1, d[1]]]), (320, 240), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT)
+        found = {}
+        for name, cfg in (("default", TraceConfig()),
+                          ("64 px first crop", TraceConfig(first_crop=64, shrink=0.5, scales=2, masks=4, reach=0))):
+            res = Engine(pred, cfg).track(img, f2, q)
+            err = np.linalg.norm(res.points - (q + d), axis=1)
+            found[name] = (err < 3).mean()
+            if name == "default":   # its misses are flagged
+                assert not (res.visible & (err > 16)).any(), (d, err, res.visible)
+        assert found["default"] >= 0.8 and found["64 px first crop"] <= 0.1, (d, found)
 
 
 def _windows_with_tracers(pred, n=16, seed=0):

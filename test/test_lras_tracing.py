@@ -54,7 +54,7 @@ def test_engine_reports_the_peak_of_the_lras_kl_map():
     f1 = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     f2 = np.roll(f1, 2, axis=1)
     q = np.array([[10.0, 10.0], [30.0, 20.0], [50.0, 40.0]])
-    res = Engine(pred, TraceConfig(masks=1, scales=1, keep_maps=True, fb_threshold=0)).track(f1, f2, q)
+    res = Engine(pred, TraceConfig(masks=1, scales=1, first_crop=64, keep_maps=True, fb_threshold=0)).track(f1, f2, q)
     assert res.points.shape == (3, 2) and np.isfinite(res.points).all()
     # the same computation by hand: whole frames at 64x64, one mask from the engine's seed
     prep = lambda f: F.interpolate(torch.from_numpy(f).float().permute(2, 0, 1)[None] / 255, size=(64, 64),  # noqa: E731

@@ -41,7 +41,7 @@ def test_tracks_follow_the_per_frame_motion_of_a_camera_that_does_not_wait(tmp_p
     frames = [cv2.warpAffine(canvas, view_matrix(i)[:2].astype(np.float32), SIZE, flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT) for i in range(FRAMES)]
     # frame_gap 3: pairs span several frames however fast the node is, so per-frame and per-pair units differ
-    proc = start_node(tmp_path, ros_env, {"num_points": 16, "masks": 1, "scales": 2, "fb_threshold": 0.0,
+    proc = start_node(tmp_path, ros_env, {"num_points": 16, "masks": 1, "scales": 3, "fb_threshold": 0.0,
                                           "frame_gap": 3})
     h = Harness(domain_id(ros_env))
     base = h.stamp

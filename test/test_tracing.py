@@ -56,7 +56,7 @@ def test_engine_recovers_known_subpixel_translation(method):
     d = np.array([3.3, -2.6])
     f1, f2 = translated_pair(d)
     q = np.random.default_rng(0).uniform([40, 40], [280, 200], (16, 2))
-    res = Engine(AnalyticShiftPredictor(), TraceConfig(method=method, masks=2, scales=2)).track(f1, f2, q)
+    res = Engine(AnalyticShiftPredictor(), TraceConfig(method=method, masks=2, scales=2, first_crop=128)).track(f1, f2, q)
     err = np.linalg.norm(res.points - (q + d), axis=1)
     zero = np.linalg.norm(d)
     assert np.median(err) < 0.75 and err.max() < 2.0, err        # a patch is 4 window px = 2.5 image px here
@@ -93,28 +93,29 @@ def test_no_queries_and_bad_images():
     with pytest.raises(ValueError, match="method must be"):
         Engine(AnalyticShiftPredictor(), TraceConfig(method="sift"))
     for bad in ({"occlusion_threshold": float("inf")}, {"occlusion_threshold": float("nan")},
-                {"fb_threshold": -1.0}, {"masks": 0}, {"scales": 1000}, {"masks": 2.5}):
+                {"fb_threshold": -1.0}, {"masks": 0}, {"scales": 1000}, {"masks": 2.5}, {"prior_skip": -1},
+                {"reach": -5.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TraceConfig(**bad)
 
 
 def test_motion_prior_reaches_beyond_the_search_and_a_wrong_prior_is_corrected():
-    """The embedded model: a 33 px motion is beyond its reach from the query, found from a prior 5-7 px off."""
+    """The embedded model: a 97 px motion is beyond its reach from the query, found from a prior 5-7 px off."""
     cv2 = pytest.importorskip("cv2")
     from skimage import data
 
     from kltrace_ros.tracking.builder import Options, load_engine
 
-    img = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(data.astronaut(), (448, 448), interpolation=cv2.INTER_AREA)
 
     def view(dx, dy):
-        m = np.float32([[1, 0, dx - 32], [0, 1, dy - 32]])
+        m = np.float32([[1, 0, dx - 96], [0, 1, dy - 96]])
         return cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT)
 
     engine = load_engine(Options(fb_threshold=0.0))
     q = np.random.default_rng(0).uniform(60, 196, (24, 2))
-    f1, f2 = view(0, 0), view(30, 15)
-    truth = q + [30, 15]
+    f1, f2 = view(0, 0), view(80, 55)
+    truth = q + [80, 55]
     err = {}
     for name, prior in (("none", None), ("off", truth + [5, -5]), ("other way", truth + [-7, 7])):
         err[name] = np.linalg.norm(engine.track(f1, f2, q, prior=prior).points - truth, axis=1)

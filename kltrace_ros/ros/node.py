@@ -72,7 +72,8 @@ PARAMETERS = {
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
     "max_occluded_frames": Param(5, "frames an occluded track is kept before it is dropped", True, (0, 1000)),
     "masks": Param(0, "reveal masks per scale (0 = the model's default)", True, (0, 32)),
-    "scales": Param(0, "zoom scales (0 = the model's default)", True, (0, 8)),
+    "scales": Param(0, "zoom scales (0 = the model's default); fewer leave out the coarse ones (less reach)", True,
+                    (0, 8)),
     "occlusion_threshold": Param(-1.0, "peak score below which a point is occluded (negative = the model's "
                                        "calibration)", True, (-1.0, 1e6)),
     "fb_threshold": Param(12.0, "visible only if the point traced back lands within this many px (at 256) of the "

@@ -4,6 +4,7 @@ For each query point q in frame 1:
   for each scale (crop size first_crop * shrink**k at the working resolution):
     source window centred at q, target window centred at the current estimate e
     (whole frame while the crop is at least the frame);
+    (the first scale searches no farther than ``reach`` from where it starts);
     for each of ``masks`` random reveal masks (the estimate's neighbourhood kept hidden):
       D(patch) = KL(p_clean || p_traced) over the code vocabulary (or the RGB difference);
     average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
@@ -35,6 +36,10 @@ class TraceConfig:
     hide_radius: int = 1               # patches kept hidden around the estimate: a 2r+2 block (4x4 for r=1),
                                        # as the estimate sits on a patch corner at the window centre
     zoom_search: float = 0.5           # at refinement scales, search only this central fraction of the window
+    reach: float | None = None         # at the first scale, search only within this many working px of where the
+                                       # search starts (the query or the prior); None: the predictor's ``reach``,
+                                       # 0: the whole first window. A whole-frame first scale otherwise lets a
+                                       # repeated texture far away win over the true match
     occlusion_threshold: float = 0.0   # peak D below this = occluded (0: never)
     fb_threshold: float = 12.0         # visible only if the found point traced back into frame 1 lands within this
                                        # many working px of the query (forward-backward consistency; 0: no check)
@@ -43,6 +48,9 @@ class TraceConfig:
                                        # starts at the query, where a consistent point lands
     min_sharpness: float | None = None  # visible only if the last map's peak is this many times its mean
                                        # (None: the predictor's calibration, 0: no test)
+    prior_skip: int = 1                # with a prior, this many coarse scales are skipped: the prior is within the
+                                       # next scale's reach, and a coarse search around it finds more far-off
+                                       # look-alikes than it corrects (at most scales - 1)
     seed: int = 0
     batch: int = 64                    # query points per predictor call
     keep_maps: bool = False            # return the last scale's averaged maps (debug heatmaps)
@@ -50,13 +58,15 @@ class TraceConfig:
     def __post_init__(self):
         if self.method not in ("kl", "rgb"):
             raise ValueError(f"method must be 'kl' or 'rgb', got {self.method!r}")
+        if not (isinstance(self.prior_skip, int) and 0 <= self.prior_skip <= 8):
+            raise ValueError(f"prior_skip must be a whole number in [0, 8], got {self.prior_skip!r}")
         for name in ("masks", "scales", "fb_masks", "fb_scales"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and 1 <= v <= 64):
                 raise ValueError(f"{name} must be a whole number in [1, 64] (or the model's default), got {v!r}")
-        for name in ("occlusion_threshold", "fb_threshold", "min_sharpness"):
+        for name in ("occlusion_threshold", "fb_threshold", "min_sharpness", "reach"):
             v = getattr(self, name)
-            if v is None and name == "min_sharpness":   # the predictor's calibration
+            if v is None and name in ("min_sharpness", "reach"):   # the predictor's calibration
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -163,7 +173,9 @@ class Engine:
             if prior.shape != q.shape or not np.isfinite(prior).all():
                 raise ValueError(f"prior must be finite (x, y) per query: {len(q)} queries, prior {prior.shape}")
             start = torch.tensor((prior + 0.5) * [s / w2, s / h2], dtype=torch.float32)
-        est, conf, sharp, maps = self._trace(img1, img2, qw, cfg, cancel, start)
+        cfg = self.schedule(cfg)
+        est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if start is not None else cfg,
+                                             cancel, start)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
@@ -171,15 +183,28 @@ class Engine:
         vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
-            scales = cfg.scales or default_scales(self.p)
-            back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or scales, scales),
-                               keep_maps=False)
+            back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or cfg.scales,
+                                                                                 cfg.scales), keep_maps=False)
             back = self._trace(img2, img1, est, back_cfg, cancel, qw)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
+
+    def schedule(self, cfg: TraceConfig) -> TraceConfig:
+        """``cfg`` with its first crop and number of scales stated. Without a first crop the schedule ends at the
+        predictor's finest crop, so fewer scales than the predictor's leave out coarse scales (less reach, the same
+        precision) and more add coarser ones; a stated first crop is the first scale's."""
+        shrink = cfg.shrink or self.p.shrink
+        scales = cfg.scales or default_scales(self.p)
+        first = cfg.first_crop or self.p.first_crop * shrink ** (default_scales(self.p) - scales)
+        return replace(cfg, first_crop=min(float(first), float(self.p.image_size)), scales=scales, shrink=shrink)
+
+    def _from_prior(self, cfg: TraceConfig) -> TraceConfig:
+        """The schedule of a search that starts from a prior: the first ``prior_skip`` scales left out."""
+        skip = min(cfg.prior_skip, cfg.scales - 1)
+        return replace(cfg, first_crop=cfg.first_crop * cfg.shrink ** skip, scales=cfg.scales - skip)
 
     def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None):
         """Estimates (N,2) in working px of ``img_b``, peak scores (N,), peak sharpness (N,) and maps of queries
@@ -199,10 +224,9 @@ class Engine:
         g = w // patch
         n = len(qw)
         est = (qw if start is None else start).clone()
-        scales = cfg.scales or default_scales(p)
-        crop = float(cfg.first_crop or p.first_crop)
-        shrink = cfg.shrink or p.shrink
+        scales, crop, shrink = cfg.scales, float(cfg.first_crop), cfg.shrink   # stated by ``schedule``
         gen = torch.Generator().manual_seed(cfg.seed)
+        reach = cfg.reach if cfg.reach is not None else getattr(p, "reach", 0.0)
         peak = torch.zeros(n)
         maps = [None] * n
         for k in range(scales):
@@ -231,6 +255,11 @@ class Engine:
             search = d
             if not whole and k > 0 and cfg.zoom_search < 1:  # refine near the previous estimate only
                 search = torch.where(central_region(g, cfg.zoom_search), d, torch.zeros_like(d))
+            if k == 0 and reach > 0:   # the first scale: no farther than ``reach`` from where the search starts
+                cells = ((torch.arange(g, dtype=torch.float32) + 0.5) * patch - w / 2) / scale   # cell centres
+                dx = cells.view(1, 1, g) + (tgt_c[:, 0] - est[:, 0]).view(-1, 1, 1)             # from the start
+                dy = cells.view(1, g, 1) + (tgt_c[:, 1] - est[:, 1]).view(-1, 1, 1)
+                search = torch.where(dx ** 2 + dy ** 2 <= reach ** 2, search, torch.zeros_like(search))
             pos, peak = refine_peak(search)
             sharp = d.amax((1, 2)) / (d.mean((1, 2)) + 1e-9)
             est = (pos * patch - w / 2) / scale + tgt_c

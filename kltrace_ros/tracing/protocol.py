@@ -38,7 +38,8 @@ class Predictor(Protocol):
         """The model's RGB prediction (B,3,w,w) of the target (argmax codes, decoded)."""
         ...
 
-    # Optional: ``scales`` (int) fixes the default number of zoom scales; ``methods`` (tuple) and
+    # Optional: ``scales`` (int) fixes the default number of zoom scales; ``reach`` (float, working px) bounds
+    # the first scale's search around its start (TraceConfig.reach); ``methods`` (tuple) and
     # ``default_method`` say which of "kl" / "rgb" a predictor offers (diffusion models: "rgb" only).
     # Optional: ``traced_kl(clean (1,3,w,w), traced (B,3,w,w), target (1,3,w,w), reveal)`` -> KL maps
     # (B, M) lets a predictor share work between the clean pass and the tracer variants

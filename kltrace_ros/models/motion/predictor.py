@@ -21,6 +21,7 @@ class MotionPredictor:
         self.image_size, self.window, self.patch = c["image_size"], c["window"], c["cell"]
         self.reveal, self.tracer_sigma = c["reveal"], c["tracer_sigma"]
         self.first_crop, self.shrink, self.masks = c["first_crop"], c["shrink"], c.get("masks", 4)
+        self.scales, self.reach = c.get("scales"), float(c.get("reach", 0.0))
         self.occlusion_threshold = dict(c.get("occlusion_threshold", {}))
         # visibility: the last map's peak must stand this far above its mean (with the forward-backward check:
         # 98% of synthetic points within 4 px pass, 14% of those more than 16 px off; see MODEL_CARD)
