@@ -206,3 +206,24 @@ def test_engine_gives_the_same_tracks_with_and_without_the_batched_kl_maps():
     assert np.abs(a.points - b.points).max() < 1e-3
     assert np.array_equal(a.visible, b.visible)
     assert np.allclose(a.confidence, b.confidence, rtol=1e-4)
+
+
+def test_points_an_occluder_covers_are_flagged():
+    """Synthetic occlusions (a disc of another photo pasted over a moving photo; a third of the queries end up
+    under it): the default visibility tests flag most covered points and keep most visible ones; without the
+    appearance test (KL peak sharpness and the forward-backward check alone) most covered points pass."""
+    from dataclasses import replace
+
+    from kltrace_ros.eval.calibrate import occlusion_pairs
+
+    eng = Engine(load_predictor(), TraceConfig())
+    flagged, kept = {}, {}
+    for name, cfg in (("default", eng.cfg), ("no appearance test", replace(eng.cfg, min_appearance=0.0))):
+        vis, got = [], []
+        for f1, f2, q, _, v in occlusion_pairs(4, 48, seed=3):
+            vis.append(v)
+            got.append(eng.track(f1, f2, q, cfg).visible)
+        vis, got = np.concatenate(vis), np.concatenate(got)
+        flagged[name], kept[name] = (~got[~vis]).mean(), got[vis].mean()
+    assert flagged["default"] >= 0.5 and kept["default"] >= 0.85, (flagged, kept)
+    assert flagged["no appearance test"] <= 0.35, flagged

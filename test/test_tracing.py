@@ -112,7 +112,7 @@ def test_motion_prior_reaches_beyond_the_search_and_a_wrong_prior_is_corrected()
         m = np.float32([[1, 0, dx - 96], [0, 1, dy - 96]])
         return cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT)
 
-    engine = load_engine(Options(fb_threshold=0.0))
+    engine = load_engine(Options())
     q = np.random.default_rng(0).uniform(60, 196, (24, 2))
     f1, f2 = view(0, 0), view(80, 55)
     truth = q + [80, 55]
@@ -122,5 +122,30 @@ def test_motion_prior_reaches_beyond_the_search_and_a_wrong_prior_is_corrected()
     assert np.median(err["none"]) > 10, err                    # out of reach without a prior
     for name in ("off", "other way"):                          # the search corrects the prior's error
         assert np.median(err[name]) < 1.5 and (err[name] < 2).mean() >= 0.75, (name, err[name])
+    # a prior far off (beyond the search from it) on a motion within reach from the query: searched again from
+    # the query
+    f2, truth = view(30, 15), q + [30, 15]
+    err = np.linalg.norm(engine.track(f1, f2, q, prior=truth + [70, -50]).points - truth, axis=1)
+    assert np.median(err) < 1.5 and (err < 2).mean() >= 0.75, err
     with pytest.raises(ValueError, match="prior must be finite"):
         engine.track(f1, f2, q, prior=truth[:3])
+
+
+def test_appearance_match_tells_an_occluder_from_the_point():
+    """The visibility cue of ``min_appearance``: a patch found again (moved up to 2 px) scores near 1, another
+    photo's texture low, a flat patch passes (cannot tell)."""
+    cv2 = pytest.importorskip("cv2")
+    import torch
+    from skimage import data
+
+    from kltrace_ros.tracing.ops import appearance_match
+
+    def t(img):
+        return torch.from_numpy(cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None] / 255.0
+
+    a, other = t(data.astronaut()), t(data.chelsea())
+    flat = torch.full_like(a, 0.5)
+    p = torch.tensor(np.random.default_rng(0).uniform(40, 216, (32, 2)), dtype=torch.float32)
+    assert appearance_match(a, a, p, p + torch.tensor([1.5, -2.0])).min() > 0.95
+    assert appearance_match(a, other, p, p).median() < 0.5
+    assert (appearance_match(flat, other, p, p) == 1).all()

@@ -53,6 +53,9 @@ def add_engine_args(p) -> None:
     p.add_argument("--fb-threshold", type=float, default=12.0,
                    help="visible only if the point traced back lands within this many px (at 256) of the query; "
                         "0: no forward-backward check (half the work)")
+    p.add_argument("--min-appearance", type=float, default=0.7,
+                   help="visible only if the found point's neighbourhood still looks like the query's (normalised "
+                        "cross-correlation within 2 px at 256); 0: no test")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
 
 
@@ -71,7 +74,7 @@ def options(args, **changes) -> Options:
     """Engine and tracker options from the parsed arguments (those a command has)."""
     opts = Options(model=args.model, quantizer=args.quantizer, device=args.device, method=args.method,
                    masks=args.masks, scales=args.scales, occlusion_threshold=args.occlusion_threshold,
-                   fb_threshold=args.fb_threshold,
+                   fb_threshold=args.fb_threshold, min_appearance=args.min_appearance,
                    keep_maps=getattr(args, "foxglove", None) is not None,
                    num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"),
                    tracking=getattr(args, "tracking", "chained"))

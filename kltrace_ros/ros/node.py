@@ -78,6 +78,8 @@ PARAMETERS = {
                                        "calibration)", True, (-1.0, 1e6)),
     "fb_threshold": Param(12.0, "visible only if the point traced back lands within this many px (at 256) of the "
                                 "query (forward-backward check; 0 = off, half the work)", True, (0.0, 256.0)),
+    "min_appearance": Param(0.7, "visible only if the found point's neighbourhood still looks like the query's "
+                                 "(normalised cross-correlation within 2 px; 0 = off)", True, (0.0, 1.0)),
     "heatmap_points": Param(4, "how many tracks' KL maps ~/debug/heatmap shows", True, (0, 64)),
     "marker_scale": Param(0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True,
                           (1e-9, 1e3)),
@@ -105,7 +107,7 @@ def options(params: dict) -> Options:
     return Options(model=params["model_path"] or None, quantizer=params["quantizer_path"] or None,
                    device=params["device"], masks=params["masks"] or None, scales=params["scales"] or None,
                    occlusion_threshold=params["occlusion_threshold"], fb_threshold=params["fb_threshold"],
-                   keep_maps=True,
+                   min_appearance=params["min_appearance"], keep_maps=True,
                    num_points=params["num_points"], keypoints=params["keypoints"],
                    max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"],
                    tracking=params["tracking"])

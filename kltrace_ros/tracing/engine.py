@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops import add_tracer, central_region, centre_block, kl_map, refine_peak, reveal_mask
+from .ops import add_tracer, appearance_match, central_region, centre_block, kl_map, refine_peak, reveal_mask
 from .protocol import Predictor
 
 
@@ -48,6 +48,10 @@ class TraceConfig:
                                        # starts at the query, where a consistent point lands
     min_sharpness: float | None = None  # visible only if the last map's peak is this many times its mean
                                        # (None: the predictor's calibration, 0: no test)
+    min_appearance: float = 0.7        # visible only if the found point's 9x9 neighbourhood (working px) still
+                                       # looks like the query's: normalised cross-correlation within +-2 px at
+                                       # least this (flat patches pass; 0: no test). Calibrated on synthetic
+                                       # occlusions (kltrace calibrate): an occluder's texture fails it
     prior_skip: int = 1                # with a prior, this many coarse scales are skipped: the prior is within the
                                        # next scale's reach, and a coarse search around it finds more far-off
                                        # look-alikes than it corrects (at most scales - 1)
@@ -64,6 +68,8 @@ class TraceConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and 1 <= v <= 64):
                 raise ValueError(f"{name} must be a whole number in [1, 64] (or the model's default), got {v!r}")
+        if not (isinstance(self.min_appearance, (int, float)) and -1 <= self.min_appearance <= 1):
+            raise ValueError(f"min_appearance must be a number in [-1, 1], got {self.min_appearance!r}")
         for name in ("occlusion_threshold", "fb_threshold", "min_sharpness", "reach"):
             v = getattr(self, name)
             if v is None and name in ("min_sharpness", "reach"):   # the predictor's calibration
@@ -150,9 +156,12 @@ class Engine:
         """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
 
         ``prior`` (N,2) (x, y px of frame 2, or None): where each point probably is (a motion prior); the
-        search starts there instead of at the query, so motions beyond the model's reach are found when the
-        prior is near them, and a wrong prior is corrected by the search within reach. The backward check
-        always starts at the query (where a consistent point lands).
+        search starts there instead of at the query (skipping ``prior_skip`` coarse scales), so motions beyond
+        the model's reach are found when the prior is near them, and a prior a little off is corrected by the
+        search. Points not found from their prior (not visible) are searched again from the query with the
+        whole schedule, and take that answer if it is visible with a sharper peak: a prior far off costs time,
+        not the point. The
+        backward check always starts at the query (where a consistent point lands).
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
         mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
@@ -181,6 +190,8 @@ class Engine:
         min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
         # visible: a strong peak, a peak that stands out of its map (the tracer was found), and in view
         vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
+        if cfg.min_appearance > 0:   # and the found point still looks like the query (not an occluder's texture)
+            vis &= appearance_match(img1, img2, qw, est).numpy() >= cfg.min_appearance
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
             back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or cfg.scales,
@@ -190,6 +201,17 @@ class Engine:
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
+        if start is not None and not res.visible.all():   # not found from the prior: search from the query
+            again = np.flatnonzero(~res.visible)
+            sub = self.track(frame1, frame2, q[again], cfg, cancel)
+            better = sub.visible & (sub.sharpness > res.sharpness[again])     # found, and a clearer peak
+            take, got = again[better], np.flatnonzero(better)
+            res.points[take], res.visible[take], res.confidence[take] = sub.points[got], True, sub.confidence[got]
+            res.sharpness[take] = sub.sharpness[got]
+            if res.fb_error is not None:
+                res.fb_error[take] = sub.fb_error[got]
+            for i, j in zip(take, got) if cfg.keep_maps else ():
+                res.maps[i] = sub.maps[j]
         return res
 
     def schedule(self, cfg: TraceConfig) -> TraceConfig:
