@@ -94,10 +94,10 @@ def _gray_patches(img: torch.Tensor, centres: torch.Tensor, size: int) -> torch.
     u = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     gx = (centres[:, 0].view(-1, 1, 1) + u.view(1, 1, size)) / s * 2 - 1
     gy = (centres[:, 1].view(-1, 1, 1) + u.view(1, size, 1)) / s * 2 - 1
-    grid = torch.stack([gx.expand(-1, size, size), gy.expand(-1, size, size)], -1)
-    grey = img.float().mean(1, keepdim=True)
-    return F.grid_sample(grey.expand(len(centres), -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False).flatten(1)
+    grid = torch.stack([gx.expand(-1, size, size), gy.expand(-1, size, size)], -1).reshape(1, -1, size, 2)
+    grey = img.float().mean(1, keepdim=True)                 # one image, every patch a band of rows of one grid
+    return F.grid_sample(grey, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False).view(len(centres), size * size)
 
 
 def appearance_match(img_a: torch.Tensor, img_b: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor,
