@@ -24,7 +24,7 @@ def test_grid_seed_ids_and_lifecycle():
     t0 = kept[0]
     assert (t0.vx, t0.vy, t0.age, t0.visible) == (2.0, -1.0, 1, True)
     occl = next(t for t in kept if t.id == 3)
-    assert not occl.visible and occl.x == q[3, 0]  # kept at its last position
+    assert not occl.visible and (occl.x, occl.y) == (q[3, 0] + 2.0, q[3, 1] - 1.0)  # moved as the visible ones
     # second occluded frame exceeds max_occluded_frames=1: dropped
     q2 = tr.query_points()
     vis2 = np.array([t.id != 3 for t in tr.tracks])

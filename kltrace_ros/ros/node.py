@@ -70,7 +70,8 @@ PARAMETERS = {
     "tracking": Param("chained", "chained (from the previous traced frame) | anchored (each track traced from the "
                                  "frame it was born or re-anchored on: less drift, slower under fast cameras)"),
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
-    "max_occluded_frames": Param(5, "frames an occluded track is kept before it is dropped", True, (0, 1000)),
+    "max_occluded_frames": Param(12, "traced pairs an occluded track is kept (moving with the visible ones) before "
+                                     "it is dropped", True, (0, 1000)),
     "masks": Param(0, "reveal masks per scale (0 = the model's default)", True, (0, 32)),
     "scales": Param(0, "zoom scales (0 = the model's default); fewer leave out the coarse ones (less reach)", True,
                     (0, 8)),

@@ -26,7 +26,7 @@ class Options:
     keep_maps: bool = False                  # keep KL maps (heatmaps)
     num_points: int = 64
     keypoints: str = "grid"                  # grid | features | topic
-    max_occluded_frames: int = 5
+    max_occluded_frames: int = 12
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
     tracking: str = "chained"                # chained | anchored (see tracking.pipeline and README, Long tracks)

@@ -2,8 +2,8 @@
 
 Each call to :meth:`PointTracker.update` takes the tracing result for the live tracks on one
 frame pair and returns the tracks of the newer frame. Tracks keep their id while they are
-visible; an occluded track is kept (at its last position) for ``max_occluded_frames`` pairs
-and then dropped; tracks that leave the image are dropped at once; new points are seeded
+visible; an occluded track is kept for ``max_occluded_frames`` pairs, moving with the median motion of the
+visible tracks (the camera's, as far as the tracks tell: where it is searched for next), and then dropped; tracks that leave the image are dropped at once; new points are seeded
 (grid, good-features-to-track corners, or external queries) whenever there are fewer than
 ``num_points`` tracks, away from existing ones. Every track keeps the frame (stream index and stamp) it
 was seeded on, and the tracker counts what it lost and why, and what it seeded again, so that a full set of
@@ -79,7 +79,7 @@ class TrackCounts:
 class TrackerConfig:
     num_points: int = 64
     source: str = "grid"            # grid | features | topic
-    max_occluded_frames: int = 5
+    max_occluded_frames: int = 12
     min_distance: float = 8.0       # px between a new seed and any live track
     border: int = 4                 # px kept free at the image border when seeding
 
@@ -186,6 +186,9 @@ class PointTracker:
         h, w = image_size
         kept = []
         points = np.asarray(points).reshape(-1, 2)
+        old = self.query_points().reshape(-1, 2)
+        seen = np.asarray(visible, bool) & inside_image(points, h, w)
+        camera = np.median(points[seen] - old[seen], axis=0) / frames if seen.any() else np.zeros(2)
         for t, p, inside, v, c in zip(self.tracks, points, inside_image(points, h, w), visible, confidence):
             if not inside:
                 self.counts.lost_out_of_view += 1
@@ -196,9 +199,10 @@ class PointTracker:
                 t.vx, t.vy = float(p[0] - t.x) / frames, float(p[1] - t.y) / frames
                 t.x, t.y = float(p[0]), float(p[1])
                 t.visible, t.occluded_for = True, 0
-            else:
+            else:   # occluded: it moves as the visible tracks did (a guess, reported as not visible)
                 t.visible = False
-                t.vx = t.vy = 0.0
+                t.vx, t.vy = float(camera[0]), float(camera[1])
+                t.x, t.y = t.x + t.vx * frames, t.y + t.vy * frames
                 t.occluded_for += 1
                 if t.occluded_for > self.config.max_occluded_frames:
                     self.counts.lost_occluded += 1
