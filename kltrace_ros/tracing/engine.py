@@ -50,8 +50,8 @@ class TraceConfig:
                                        # (None: the predictor's calibration, 0: no test)
     min_appearance: float = 0.7        # visible only if the found point's 9x9 neighbourhood (working px) still
                                        # looks like the query's: normalised cross-correlation within +-2 px at
-                                       # least this (flat patches pass; 0: no test). Calibrated on synthetic
-                                       # occlusions (kltrace calibrate): an occluder's texture fails it
+                                       # least this (flat patches pass; 0: no test). Chosen on eval.calibrate's
+                                       # synthetic occlusions (README, Long tracks): an occluder's texture fails it
     prior_skip: int = 1                # with a prior, this many coarse scales are skipped: the prior is within the
                                        # next scale's reach, and a coarse search around it finds more far-off
                                        # look-alikes than it corrects (at most scales - 1)
@@ -160,8 +160,7 @@ class Engine:
         the model's reach are found when the prior is near them, and a prior a little off is corrected by the
         search. Points not found from their prior (not visible) are searched again from the query with the
         whole schedule, and take that answer if it is visible with a sharper peak: a prior far off costs time,
-        not the point. The
-        backward check always starts at the query (where a consistent point lands).
+        not the point. The backward check always starts at the query (where a consistent point lands).
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
         mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
