@@ -63,3 +63,26 @@ def test_anchored_tracking_drifts_less_than_chained():
         out[mode] = score(seq, *track_pipeline(seq, pipe))
     assert out["anchored"]["median_error_f10"] < 0.6 * out["chained"]["median_error_f10"], out
     assert out["anchored"]["delta_avg"] > out["chained"]["delta_avg"] + 5, out
+
+
+def test_anchored_tracks_are_flagged_under_the_occluder_and_found_again_after_it():
+    """A disc crosses the view (a generated 20-frame sequence): the points it covers are reported occluded while
+    covered, keep their ids, and once it has passed most of them are visible again on their own point (their
+    anchor finds them). A track that followed the disc, or one that is dropped while covered, fails this."""
+    from kltrace_ros.eval.longseq import inside_view, track_pipeline
+    from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine
+
+    seq = make_sequence(0, 20, n_queries=48)
+    pipe = build_pipeline(Options(keypoints="topic", num_points=4096, tracking="anchored"), load_engine(Options()))
+    pos, vis = track_pipeline(seq, pipe)
+    covered = ~seq.visible & inside_view(seq)                                    # T,N: under the disc
+    h, w = seq.frames.shape[1:3]
+    err = np.linalg.norm((pos - seq.tracks) * [256 / w, 256 / h], axis=2)
+    # points covered for a while and uncovered (and in view) for the last 3 frames
+    back = covered[:-3].any(0) & seq.visible[-3:].all(0)
+    assert back.sum() >= 5, back.sum()
+    assert (~vis[covered]).mean() >= 0.75, (~vis[covered]).mean()
+    found = vis[-1, back] & (err[-1, back] < 3)
+    assert found.mean() >= 0.8, (found.mean(), err[-1, back].round(1), vis[-1, back])
+    alive = {t.id for t in pipe.tracker.tracks}
+    assert all(i in alive for i in np.flatnonzero(back)), "covered tracks must keep their ids"

@@ -154,3 +154,38 @@ def test_tracks_remember_their_seed_frame_and_losses_and_reseeds_are_counted():
     assert rec["born_frame"] == results[-1].tracks[-1].born_frame and "born_stamp_ns" in rec
     pipe.reset()
     assert pipe.tracker.counts.lost_reset == len(results[-1].tracks)
+
+
+def test_anchor_budget_keeps_the_groups_that_hold_most_tracks():
+    """Over budget, the smallest anchor groups move (to the newest frame), never the first seeding's large one."""
+    from kltrace_ros.tracking.pipeline import anchors_to_keep
+
+    frames = [0] * 20 + [5, 5, 5] + list(range(6, 20))          # 16 groups: frame 0 holds most tracks
+    assert anchors_to_keep(frames, 16) is None
+    keep = anchors_to_keep(frames, 15)
+    assert len(keep) == 14 and {0, 5} <= keep and 19 not in keep and 6 in keep   # of equal groups the oldest stay
+
+
+def test_tracks_that_leave_the_view_are_kept_when_asked_and_leave_room_for_new_ones():
+    """max_out_of_view_frames (anchored tracking): a track that leaves the image moves on with the visible ones,
+    reported not visible, until that timeout, and then counts as lost out of view; meanwhile it does not count
+    towards num_points (new points are seeded in view). With 0 it is dropped at once."""
+    for keep in (0, 2):
+        tr = PointTracker(TrackerConfig(num_points=3, max_occluded_frames=0, max_out_of_view_frames=keep))
+        tr.tracks = [Track(0, 150.0, 60.0), Track(1, 50.0, 60.0), Track(2, 80.0, 60.0)]
+        tr.next_id, tr.started = 3, True
+        for k in range(2):
+            pts = tr.query_points() + [10.0, 0.0]
+            tr.update(pts, [t.id != 0 for t in tr.tracks], np.ones(len(pts)), (120, 160))
+            if k == 0:
+                ids = [t.id for t in tr.tracks]
+                assert ids == ([0, 1, 2] if keep else [1, 2]), (keep, ids)
+        if keep:
+            gone = next(t for t in tr.tracks if t.id == 0)
+            assert not gone.visible and (gone.x, gone.vx) == (170.0, 10.0)   # moved with the others, out of view
+        tr.seed(np.zeros((120, 160, 3), np.uint8))                           # room for one in view
+        assert len(tr.tracks) == 3 + (keep > 0) and tr.counts.reseeded == 1
+        tr.update(tr.query_points() + [10.0, 0.0], [t.id != 0 for t in tr.tracks], np.ones(len(tr.tracks)),
+                  (120, 160))
+        assert 0 not in [t.id for t in tr.tracks] and tr.counts.lost_out_of_view == 1
+        assert tr.counts.lost_occluded == 0

@@ -115,6 +115,12 @@ def _add_train(sub) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=3.0, help="checkpoint period")
     p.add_argument("--codes", type=int, default=512, help="CellCode vocabulary size (new runs)")
     p.add_argument("--log-every", type=int, default=25, help="validate and log every N steps")
+    p.add_argument("--init", type=Path, default=None,
+                   help="fine-tune: start from this model file's weights and tokenizer (fresh optimiser)")
+    p.add_argument("--max-motion", type=float, default=12.0, help="largest synthetic motion, window px")
+    p.add_argument("--max-zoom", type=float, default=1.0,
+                   help="largest zoom of a training window (window px per image px); above 1 the model also "
+                        "sees enlarged crops, as the engine's finest scales do")
     p.add_argument("--no-debian", action="store_true",
                    help="train on scikit-image's images only (no apt-get download of opencv-doc/python3-imageio)")
     p.add_argument("--export", type=Path, default=None,
@@ -129,7 +135,8 @@ def _run_train(args) -> int:
     if args.minutes > 0 or args.steps:
         train(args.out, minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
               resume=args.resume, ckpt_minutes=args.ckpt_minutes, debian=not args.no_debian,
-              cfg={"n_codes": args.codes}, log_every=args.log_every)
+              cfg={"n_codes": args.codes}, log_every=args.log_every, init=args.init,
+              max_motion=args.max_motion, max_zoom=args.max_zoom)
     if args.export:
         print(f"exported {export_model(args.out / 'model.pt', args.export)}")
     return 0

@@ -72,6 +72,10 @@ PARAMETERS = {
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
     "max_occluded_frames": Param(12, "traced pairs an occluded track is kept (moving with the visible ones) before "
                                      "it is dropped", True, (0, 1000)),
+    "max_out_of_view_frames": Param(40, "anchored tracking: traced pairs a track that left the view is kept (moving "
+                                        "with the visible ones, searched for from its anchor when it is predicted "
+                                        "back in view; not counted in num_points); chained drops it at once", True,
+                                    (0, 1000)),
     "masks": Param(0, "reveal masks per scale (0 = the model's default)", True, (0, 32)),
     "scales": Param(0, "zoom scales (0 = the model's default); fewer leave out the coarse ones (less reach)", True,
                     (0, 8)),
@@ -110,7 +114,8 @@ def options(params: dict) -> Options:
                    occlusion_threshold=params["occlusion_threshold"], fb_threshold=params["fb_threshold"],
                    min_appearance=params["min_appearance"], keep_maps=True,
                    num_points=params["num_points"], keypoints=params["keypoints"],
-                   max_occluded_frames=params["max_occluded_frames"], frame_gap=params["frame_gap"],
+                   max_occluded_frames=params["max_occluded_frames"],
+                   max_out_of_view_frames=params["max_out_of_view_frames"], frame_gap=params["frame_gap"],
                    tracking=params["tracking"])
 
 

@@ -117,6 +117,22 @@ class Engine:
         return n_points * (scales * masks + back)
 
     # ----------------------------------------------------------- geometry
+    def _working(self, points, shape) -> torch.Tensor:
+        """(N,2) pixel positions of an image of ``shape`` (H, W, ...) -> continuous working px."""
+        s = self.p.image_size
+        return torch.tensor((np.asarray(points, np.float64).reshape(-1, 2) + 0.5) * [s / shape[1], s / shape[0]],
+                            dtype=torch.float32)
+
+    def appearance(self, frame_a, points_a, frame_b, points_b) -> np.ndarray:
+        """(N,) how much the neighbourhoods of ``points_b`` in ``frame_b`` still look like those of ``points_a`` in
+        ``frame_a`` (the visibility test of ``min_appearance``, for callers that compare other frames than a traced
+        pair: a track's anchor and its current position)."""
+        if len(np.reshape(points_a, (-1, 2))) == 0:
+            return np.zeros(0)
+        return appearance_match(self._prepare(frame_a), self._prepare(frame_b),
+                                self._working(points_a, np.shape(frame_a)),
+                                self._working(points_b, np.shape(frame_b))).numpy()
+
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution.
 
@@ -174,13 +190,13 @@ class Engine:
         s = self.p.image_size
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
-        qw = torch.tensor((q + 0.5) * [s / w1, s / h1], dtype=torch.float32)   # continuous working px
+        qw = self._working(q, (h1, w1))
         start = None
         if prior is not None:
             prior = np.asarray(prior, dtype=np.float64).reshape(-1, 2)
             if prior.shape != q.shape or not np.isfinite(prior).all():
                 raise ValueError(f"prior must be finite (x, y) per query: {len(q)} queries, prior {prior.shape}")
-            start = torch.tensor((prior + 0.5) * [s / w2, s / h2], dtype=torch.float32)
+            start = self._working(prior, (h2, w2))
         cfg = self.schedule(cfg)
         est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if start is not None else cfg,
                                              cancel, start)

@@ -27,6 +27,7 @@ class Options:
     num_points: int = 64
     keypoints: str = "grid"                  # grid | features | topic
     max_occluded_frames: int = 12
+    max_out_of_view_frames: int = 40         # anchored tracking: pairs a track that left the view is kept (chained: 0)
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
     tracking: str = "chained"                # chained | anchored (see tracking.pipeline and README, Long tracks)
@@ -56,7 +57,9 @@ def trace_config(opts: Options, predictor) -> TraceConfig:
 
 
 def tracker_config(opts: Options) -> TrackerConfig:
-    cfg = TrackerConfig(num_points=opts.num_points, source=opts.keypoints, max_occluded_frames=opts.max_occluded_frames)
+    # only anchored tracing can find a track that left the view again (from its anchor): chained drops it at once
+    cfg = TrackerConfig(num_points=opts.num_points, source=opts.keypoints, max_occluded_frames=opts.max_occluded_frames,
+                        max_out_of_view_frames=opts.max_out_of_view_frames if opts.tracking == "anchored" else 0)
     cfg.validate()
     return cfg
 

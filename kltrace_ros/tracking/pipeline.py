@@ -10,11 +10,18 @@ step. ``anchored``: every track is traced from its anchor, the frame it was born
 at the point it had there, straight into the new frame; the search starts where the track probably is now
 (its last position plus its velocity times the frames since), so the anchor's point is found even when it
 has moved far. Re-anchoring rule: when the anchored trace does not find the point (not visible: weak or
-smeared peak, or the backward check fails, e.g. the view changed since the anchor), the track is traced
-chained from the previous frame instead, and if that finds it, the previous frame becomes its new anchor
-(at its position there), if it was seen there. Anchor frames are shared by the tracks that use them and
-released when none does; about ``MAX_ANCHORS`` are kept (beyond, the visible tracks of the oldest are
-re-anchored on the previous frame; occluded ones keep their anchor, so at most one per track).
+smeared peak, the backward check fails or the point no longer looks like the query, e.g. the view changed
+since the anchor), the track is traced chained from the previous frame instead (if it was seen there) and takes
+that answer if the point found still looks like the anchor's (``min_appearance``: a track dragged onto an
+occluder is not carried on with it), else it is occluded; once its anchor has missed it on ``ANCHOR_PATIENCE`` traced pairs in a row, the previous frame
+becomes its new anchor (at its position there). A single miss (a brief occluder, a blurred frame) therefore
+keeps the anchor, and tracks stay on the frame they were born on as long as it still matches. Tracks that
+leave the image are kept (moving with the visible tracks, for the tracker's ``max_out_of_view_frames``, which the
+builder sets for anchored mode only) and are searched for from their anchor when their predicted position is back
+in view. Anchor frames are shared by
+the tracks that use them and released when none does; about ``MAX_ANCHORS`` are kept (beyond, the visible
+tracks of the smallest groups are re-anchored on the previous frame, so the groups that hold most tracks, the
+first seeding's among them, keep theirs; occluded tracks keep their anchor, so at most one per track).
 """
 from __future__ import annotations
 
@@ -26,10 +33,23 @@ import numpy as np
 
 from kltrace_ros.tracing.engine import Engine, TraceConfig
 
-from .tracker import PointTracker, TrackerConfig
+from .tracker import PointTracker, TrackerConfig, inside_image
 
 MODES = ("chained", "anchored")
 MAX_ANCHORS = 16
+ANCHOR_PATIENCE = 3       # traced pairs in a row on which the anchor misses a track before it is re-anchored
+
+
+def anchors_to_keep(anchor_frames: list, budget: int) -> set | None:
+    """The anchor frames that keep their tracks when the tracks' ``anchor_frames`` name more than ``budget``
+    frames (None: within budget): the ``budget - 1`` that hold most tracks (of equal ones, the oldest), leaving
+    room for the frame the others move to."""
+    count = {}
+    for f in anchor_frames:
+        count[f] = count.get(f, 0) + 1
+    if len(count) <= budget:
+        return None
+    return set(sorted(count, key=lambda f: (-count[f], f))[:budget - 1])
 
 
 @dataclass
@@ -149,32 +169,47 @@ class TrackingPipeline:
         tracks = self.tracker.tracks
         n = len(tracks)
         self.anchors[older_index] = older
-        if len({t.anchor_frame for t in tracks}) > MAX_ANCHORS - 1:   # re-anchor the oldest groups on ``older``
-            keep = sorted({t.anchor_frame for t in tracks})[-(MAX_ANCHORS - 2):]
+        keep = anchors_to_keep([t.anchor_frame for t in tracks], MAX_ANCHORS - 1)
+        if keep is not None:                  # over budget: the other groups are re-anchored on ``older``
             for t in tracks:
                 if t.anchor_frame not in keep and t.visible:   # an occluded track's position is only a guess
-                    t.anchor_frame, t.ax, t.ay = older_index, t.x, t.y
+                    t.anchor_frame, t.ax, t.ay, t.anchor_misses = older_index, t.x, t.y, 0
         here = self.tracker.query_points()
         vel = np.array([[t.vx, t.vy] if t.visible else [0.0, 0.0] for t in tracks], np.float64).reshape(-1, 2)
         prior = here + vel * frames
         ends, visible, conf = prior.copy(), np.zeros(n, bool), np.zeros(n)
         maps = [None] * n
+        h, w = newer.shape[:2]
+        in_view = inside_image(prior, h, w)          # a track predicted out of view is not searched for
         for frame in sorted({t.anchor_frame for t in tracks}):
-            idx = [i for i, t in enumerate(tracks) if t.anchor_frame == frame]
+            idx = [i for i, t in enumerate(tracks) if t.anchor_frame == frame and in_view[i]]
+            if not idx:
+                continue
             src = np.array([[tracks[i].ax, tracks[i].ay] for i in idx])
             res = self.engine.track(self.anchors[frame], newer, src, self.trace, self.cancel,
                                     None if frame == older_index else prior[idx])
             ends[idx], visible[idx], conf[idx] = res.points, res.visible, res.confidence
             for j, i in enumerate(idx):
                 maps[i] = res.maps[j] if res.maps else None
-        # lost from the anchor: trace chained from the previous frame; if found there, re-anchor on it
-        # (only tracks seen on the previous frame: an occluded track's position there is only a guess)
-        lost = [i for i, t in enumerate(tracks) if not visible[i] and t.visible and t.anchor_frame != older_index]
+        for i, t in enumerate(tracks):
+            t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
+        # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
+        # position there is only a guess); re-anchor on it after ANCHOR_PATIENCE misses in a row
+        lost = [i for i, t in enumerate(tracks) if in_view[i] and not visible[i] and t.visible
+                and t.anchor_frame != older_index]
         if lost:
             res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
+            if self.trace.min_appearance > 0:   # and it must still look like the point it was at its anchor
+                for frame in {tracks[i].anchor_frame for i in lost}:
+                    sub = [j for j, i in enumerate(lost) if tracks[i].anchor_frame == frame]
+                    ref = np.array([[tracks[lost[j]].ax, tracks[lost[j]].ay] for j in sub])
+                    res.visible[sub] &= self.engine.appearance(self.anchors[frame], ref, newer,
+                                                               res.points[sub]) >= self.trace.min_appearance
             for j, i in enumerate(lost):
                 if res.visible[j]:
                     ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
-                    tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
                     maps[i] = res.maps[j] if res.maps else None
+                    if tracks[i].anchor_misses >= ANCHOR_PATIENCE:
+                        tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
+                        tracks[i].anchor_misses = 0
         return ends, visible, conf, maps if any(m is not None for m in maps) else []

@@ -3,7 +3,9 @@
 Each call to :meth:`PointTracker.update` takes the tracing result for the live tracks on one
 frame pair and returns the tracks of the newer frame. Tracks keep their id while they are
 visible; an occluded track is kept for ``max_occluded_frames`` pairs, moving with the median motion of the
-visible tracks (the camera's, as far as the tracks tell: where it is searched for next), and then dropped; tracks that leave the image are dropped at once; new points are seeded
+visible tracks (the camera's, as far as the tracks tell: where it is searched for next), and then dropped; tracks that leave the image
+are dropped at once (or, with ``max_out_of_view_frames``, kept for that many pairs, moving with the visible ones and
+not counted towards ``num_points``: anchored tracing finds them again when they come back into view); new points are seeded
 (grid, good-features-to-track corners, or external queries) whenever there are fewer than
 ``num_points`` tracks, away from existing ones. Every track keeps the frame (stream index and stamp) it
 was seeded on, and the tracker counts what it lost and why, and what it seeded again, so that a full set of
@@ -35,6 +37,8 @@ class Track:
     anchor_frame: int = 0        # anchored tracing: the frame it is traced from (born or last re-anchored on)
     ax: float = 0.0              # and its position there
     ay: float = 0.0
+    anchor_misses: int = 0       # consecutive traced pairs on which its anchor did not find it
+    out_of_view_for: int = 0     # consecutive traced pairs it has been out of view (kept with max_out_of_view_frames)
 
 
 def inside_image(points: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -82,14 +86,18 @@ class TrackerConfig:
     max_occluded_frames: int = 12
     min_distance: float = 8.0       # px between a new seed and any live track
     border: int = 4                 # px kept free at the image border when seeding
+    max_out_of_view_frames: int = 0  # traced pairs a track that left the image is kept (moving with the visible
+    #                                  ones, not visible; it does not count towards num_points) before it is dropped;
+    #                                  0: dropped at once. Anchored tracing can find it again when it comes back
 
     def validate(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"keypoint source must be one of {SOURCES}, got {self.source!r}")
         if self.num_points < 1 or self.num_points > 4096:
             raise ValueError(f"num_points must be in [1, 4096], got {self.num_points}")
-        if self.max_occluded_frames < 0:
-            raise ValueError(f"max_occluded_frames must be >= 0, got {self.max_occluded_frames}")
+        for name in ("max_occluded_frames", "max_out_of_view_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -127,6 +135,10 @@ class PointTracker:
         return {"given": len(pts), "kept": len(kept), "non_finite": int((~finite).sum()),
                 "outside": int((finite & ~inside).sum()), "beyond_num_points": int(inside.sum()) - len(kept)}
 
+    def in_view(self, image_size) -> np.ndarray:
+        """(N,) bool: which live tracks are inside an image of (H, W)."""
+        return inside_image(self.query_points(), *image_size)
+
     def query_points(self) -> np.ndarray:
         return np.array([[t.x, t.y] for t in self.tracks], np.float64).reshape(-1, 2)
 
@@ -146,7 +158,7 @@ class PointTracker:
         New tracks after the first ones of a sequence count as re-seeded."""
         cfg = self.config
         h, w = image.shape[:2]
-        need = cfg.num_points - len(self.tracks)
+        need = cfg.num_points - int(self.in_view((h, w)).sum())     # tracks out of view leave room for new ones
         if need <= 0:
             return
         if cfg.source == "topic":
@@ -164,7 +176,7 @@ class PointTracker:
             cand = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
         if len(cand):
             cand = cand[inside_image(cand, h, w)]
-        live = self.query_points()
+        live = self.query_points()[self.in_view((h, w))]
         first = not self.started          # the first seeding of a sequence replaces nothing
         for p in cand:
             if need <= 0:
@@ -189,24 +201,38 @@ class PointTracker:
         old = self.query_points().reshape(-1, 2)
         seen = np.asarray(visible, bool) & inside_image(points, h, w)
         camera = np.median(points[seen] - old[seen], axis=0) / frames if seen.any() else np.zeros(2)
+        cfg = self.config
         for t, p, inside, v, c in zip(self.tracks, points, inside_image(points, h, w), visible, confidence):
-            if not inside:
+            if not inside and not cfg.max_out_of_view_frames:
                 self.counts.lost_out_of_view += 1
                 continue
             t.age += 1
             t.confidence = float(c)
-            if v:
+            if v and inside:
                 t.vx, t.vy = float(p[0] - t.x) / frames, float(p[1] - t.y) / frames
                 t.x, t.y = float(p[0]), float(p[1])
-                t.visible, t.occluded_for = True, 0
-            else:   # occluded: it moves as the visible tracks did (a guess, reported as not visible)
-                t.visible = False
-                t.vx, t.vy = float(camera[0]), float(camera[1])
-                t.x, t.y = t.x + t.vx * frames, t.y + t.vy * frames
-                t.occluded_for += 1
-                if t.occluded_for > self.config.max_occluded_frames:
+                t.visible, t.occluded_for, t.out_of_view_for = True, 0, 0
+                kept.append(t)
+                continue
+            # not seen: it moves as the visible tracks did (a guess, reported as not visible)
+            t.visible = False
+            t.vx, t.vy = float(camera[0]), float(camera[1])
+            t.x, t.y = t.x + t.vx * frames, t.y + t.vy * frames
+            if inside_image(np.array([t.x, t.y]), h, w)[0]:    # occluded in view
+                t.occluded_for, t.out_of_view_for = t.occluded_for + 1, 0
+                if t.occluded_for > cfg.max_occluded_frames:
                     self.counts.lost_occluded += 1
                     continue
+            else:                                                # out of view
+                t.occluded_for, t.out_of_view_for = 0, t.out_of_view_for + 1
+                if t.out_of_view_for > cfg.max_out_of_view_frames:
+                    self.counts.lost_out_of_view += 1
+                    continue
             kept.append(t)
+        out = [i for i, t in enumerate(kept) if t.out_of_view_for]
+        for i in sorted(out, key=lambda i: -kept[i].out_of_view_for)[:max(0, len(out) - cfg.num_points)]:
+            self.counts.lost_out_of_view += 1      # at most num_points kept out of view: the longest gone go
+            kept[i] = None
+        kept = [t for t in kept if t is not None]
         self.tracks = kept
         return kept

@@ -98,15 +98,26 @@ class PairSampler:
     """Random 2-frame windows with known (synthetic) or unknown (video) motion."""
 
     def __init__(self, sources: Sources, window: int = 64, max_motion: float = 12.0,
-                 p_video: float = 0.35, p_object: float = 0.3, seed: int = 0):
+                 p_video: float = 0.35, p_object: float = 0.3, seed: int = 0, max_zoom: float = 1.0):
         if not sources.images:
             raise ValueError("no training images")
+        if not 0.15 < max_zoom <= 8:
+            raise ValueError(f"max_zoom must be in (0.15, 8], got {max_zoom}")
         self.s = sources
         self.window = window
         self.max_motion = max_motion
+        self.max_zoom = max_zoom
         self.p_video = p_video if sources.videos else 0.0
         self.p_object = p_object
         self.rng = np.random.default_rng(seed)
+
+    def _zoom(self, h: int, w: int, smallest: float) -> float:
+        """Window px per image px: log-uniform from the smallest that fits (at least ``smallest``) up to
+        ``max_zoom`` (above 1 the crop is enlarged, as the engine's finest scales enlarge theirs)."""
+        lo = max(smallest, self.window * 1.2 / min(h, w))
+        if lo >= self.max_zoom:
+            return min(1.0, self.max_zoom) if min(h, w) > self.window else 1.0
+        return float(np.exp(self.rng.uniform(np.log(lo), np.log(self.max_zoom))))
 
     def _crop_matrix(self, h: int, w: int, scale: float) -> np.ndarray:
         n = self.window
@@ -140,8 +151,11 @@ class PairSampler:
     def _synthetic(self):
         img = self.s.images[self.rng.integers(len(self.s.images))]
         h, w = img.shape[:2]
-        scale = self.rng.uniform(max(0.15, self.window * 1.2 / min(h, w)), 1.0) if min(h, w) > self.window else 1.0
-        m1 = self._crop_matrix(h, w, min(scale, 1.0))
+        if self.max_zoom > 1:
+            scale = self._zoom(h, w, 0.15)
+        else:   # the distribution the shipped model was trained on
+            scale = self.rng.uniform(max(0.15, self.window * 1.2 / min(h, w)), 1.0) if min(h, w) > self.window else 1.0
+        m1 = self._crop_matrix(h, w, min(scale, self.max_zoom))
         t, d = self._motion()
         m1h = np.vstack([m1, [0, 0, 1]])
         src = self._warp(img, m1)
@@ -173,7 +187,10 @@ class PairSampler:
         if self.rng.uniform() < 0.5:
             a, b = b, a
         h, w = a.shape[:2]
-        scale = self.rng.uniform(max(0.25, self.window * 1.2 / min(h, w)), 1.0)
+        if self.max_zoom > 1:
+            scale = self._zoom(h, w, 0.25)
+        else:
+            scale = self.rng.uniform(max(0.25, self.window * 1.2 / min(h, w)), 1.0)
         m = self._crop_matrix(h, w, scale)
         return self._warp(a, m), self._warp(b, m), np.array([np.nan, np.nan])
 

@@ -103,8 +103,10 @@ class Run:
     minutes: float = 0.0        # spent in earlier sessions of this run
 
 
-def start_run(out: Path, train_src, cfg: dict | None, lr: float, seed: int, resume: bool) -> Run:
-    """Resume from ``out/ckpt.pt``, or build a new model (seeded locally) and fit its tokenizer."""
+def start_run(out: Path, train_src, cfg: dict | None, lr: float, seed: int, resume: bool,
+              init: Path | None = None) -> Run:
+    """Resume from ``out/ckpt.pt``; or start from the weights of the model file ``init`` (fine-tuning: its
+    tokenizer and cfg, a fresh optimiser); or build a new model (seeded locally) and fit its tokenizer."""
     ckpt_path = out / "ckpt.pt"
     if resume and ckpt_path.is_file():
         mcfg, state = load_checkpoint(ckpt_path)
@@ -116,14 +118,20 @@ def start_run(out: Path, train_src, cfg: dict | None, lr: float, seed: int, resu
         run = Run(model, opt, int(full["step"]), int(full["pairs"]), float(full["minutes"]))
         print(f"resumed from {ckpt_path} at step {run.step} ({run.pairs} pairs, {run.minutes:.1f} min)")
         return run
+    if (out / "log.csv").exists():
+        (out / "log.csv").unlink()
+    if init is not None:
+        mcfg, state = load_checkpoint(init)
+        model = MotionLRAS(mcfg)
+        model.load_state_dict(state)
+        print(f"fine-tuning the weights of {init}")
+        return Run(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0))
     with torch.random.fork_rng():  # seed the initial weights without touching the caller's RNG
         torch.manual_seed(seed)
         model = MotionLRAS(cfg)
     mse = fit_tokenizer(model, PairSampler(train_src, model.cfg["window"], seed=seed + 7), seed=seed)
     model.init_embedding_from_codebook(seed)
     print(f"CellCode: {model.cfg['n_codes']} codes fitted, cell MSE {mse:.4f} (normalised RGB)")
-    if (out / "log.csv").exists():
-        (out / "log.csv").unlink()
     return Run(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0))
 
 
@@ -142,13 +150,19 @@ def learning_rate(lr: float, step: int, frac: float) -> float:
 
 def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int = 32, lr: float = 2e-3,
           seed: int = 0, resume: bool = False, ckpt_minutes: float = 3.0, debian: bool = True,
-          cfg: dict | None = None, val_size: int = 128, log_every: int = 25) -> Path:
+          cfg: dict | None = None, val_size: int = 128, log_every: int = 25, init: Path | None = None,
+          max_motion: float = 12.0, max_zoom: float = 1.0) -> Path:
+    """Train (or fine-tune from ``init``) for ``minutes`` or ``steps``. Pairs move by up to ``max_motion`` window
+    px; windows show the image at up to ``max_zoom`` window px per image px (above 1: enlarged crops, as the
+    engine's finest scales see)."""
     out.mkdir(parents=True, exist_ok=True)
     train_src, val_src = load_sources(debian=debian).split()
-    run = start_run(out, train_src, cfg, lr, seed, resume)
+    run = start_run(out, train_src, cfg, lr, seed, resume, init)
     model, opt = run.model, run.opt
-    sampler = PairSampler(train_src, model.cfg["window"], seed=seed * 1000 + run.step)
-    val = PairSampler(val_src if val_src.images else train_src, model.cfg["window"], seed=99).sample(val_size)
+    sampler = PairSampler(train_src, model.cfg["window"], max_motion=max_motion, max_zoom=max_zoom,
+                          seed=seed * 1000 + run.step)
+    val = PairSampler(val_src if val_src.images else train_src, model.cfg["window"], max_motion=max_motion,
+                      max_zoom=max_zoom, seed=99).sample(val_size)
     gen = torch.Generator().manual_seed(seed * 1000 + run.step + 1)
     ratio = model.cfg["reveal"]
     log = open(out / "log.csv", "a", newline="")
@@ -174,7 +188,7 @@ def train(out: Path, minutes: float = 60.0, steps: int | None = None, batch: int
         run.pairs += batch
         bar.update(1)
         for k, v in (("loss", loss), ("acc", acc), ("copy_acc", copy)):
-            running[k] += float(v)
+            running[k] += float(v.detach())
         running["n"] += 1
         if run.step % log_every == 0:
             row = {"step": run.step, "pairs": run.pairs, "minutes": round(run.minutes + elapsed(), 2),
