@@ -384,6 +384,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--frames", type=int, default=10, help="bags: frames per recording")
     p.add_argument("--workers", type=int, default=None, help="bags: Ray workers (default: one per CPU)")
     p.add_argument("--rate", type=float, default=30.0, help="node: camera rate (Hz)")
+    p.add_argument("--tracking", choices=("chained", "anchored"), default=None,
+                   help="node: tracking mode (default: the node's)")
     p.add_argument("--out", type=Path, default=Path("out/soak"), help="node: soak.json, soak.png, node.log")
     p.set_defaults(func=_run_bench)
 
@@ -395,7 +397,8 @@ def _run_bench(args) -> int:
 
         w, h = _size(args.frame_size or "640x480")
         params = {"num_points": args.points, "device": dev, "heatmap_points": 4}
-        params.update({k: v for k, v in (("masks", args.masks), ("scales", args.scales)) if v})
+        params.update({k: v for k, v in (("masks", args.masks), ("scales", args.scales), ("tracking", args.tracking))
+                       if v})
         res = run_soak(args.minutes, (w, h), args.rate, params, args.out)
     elif args.what == "bags":
         from kltrace_ros.batch.bench import bench_bags  # rosbags and Ray, only for this benchmark

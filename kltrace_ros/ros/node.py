@@ -70,8 +70,9 @@ PARAMETERS = {
     "tracking": Param("chained", "chained (from the previous traced frame) | anchored (each track traced from the "
                                  "frame it was born or re-anchored on: less drift, slower under fast cameras)"),
     "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
-    "max_occluded_frames": Param(12, "traced pairs an occluded track is kept (moving with the visible ones) before "
-                                     "it is dropped", True, (0, 1000)),
+    "max_occluded_frames": Param(-1, "traced pairs an occluded track is kept (moving with the visible ones) before "
+                                     "it is dropped (-1: the tracking mode's default, 12 chained, 40 anchored)", True,
+                                 (-1, 1000)),
     "max_out_of_view_frames": Param(40, "anchored tracking: traced pairs a track that left the view is kept (moving "
                                         "with the visible ones, searched for from its anchor when it is predicted "
                                         "back in view; not counted in num_points); chained drops it at once", True,

@@ -12,6 +12,12 @@ from .pipeline import Reset, TrackingPipeline
 from .tracker import TrackerConfig
 
 
+# traced pairs an occluded track is kept by default: chained tracing searches for it from a guess of where it is (a
+# long wait mostly keeps wrong tracks), anchored tracing from its anchor, which finds it when the occluder has gone
+# (eval-long: covered tracks back on their point; 40 against 12 pairs: OA 80.7 -> 83.4, original ids alive 83% -> 99%)
+OCCLUDED_FRAMES = {"chained": 12, "anchored": 40}
+
+
 @dataclass(frozen=True)
 class Options:
     model: str | Path | None = None          # model file; None = the embedded default model
@@ -26,7 +32,7 @@ class Options:
     keep_maps: bool = False                  # keep KL maps (heatmaps)
     num_points: int = 64
     keypoints: str = "grid"                  # grid | features | topic
-    max_occluded_frames: int = 12
+    max_occluded_frames: int | None = None   # None or negative: the mode's default (OCCLUDED_FRAMES)
     max_out_of_view_frames: int = 40         # anchored tracking: pairs a track that left the view is kept (chained: 0)
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
@@ -58,7 +64,10 @@ def trace_config(opts: Options, predictor) -> TraceConfig:
 
 def tracker_config(opts: Options) -> TrackerConfig:
     # only anchored tracing can find a track that left the view again (from its anchor): chained drops it at once
-    cfg = TrackerConfig(num_points=opts.num_points, source=opts.keypoints, max_occluded_frames=opts.max_occluded_frames,
+    occluded = opts.max_occluded_frames
+    if occluded is None or occluded < 0:
+        occluded = OCCLUDED_FRAMES[opts.tracking]
+    cfg = TrackerConfig(num_points=opts.num_points, source=opts.keypoints, max_occluded_frames=occluded,
                         max_out_of_view_frames=opts.max_out_of_view_frames if opts.tracking == "anchored" else 0)
     cfg.validate()
     return cfg
