@@ -200,7 +200,8 @@ class TrackingPipeline:
         for i, t in enumerate(tracks):
             t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
         # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
-        # position there is only a guess); re-anchor on it after ANCHOR_PATIENCE misses in a row
+        # position there is only a guess; on a repeated texture a chained search from it lands on a look-alike that
+        # passes every test); the answer must look like the anchor's point; re-anchor after ANCHOR_PATIENCE misses
         lost = [i for i, t in enumerate(tracks) if in_view[i] and not visible[i] and t.visible
                 and t.anchor_frame != older_index]
         if lost:

@@ -3,7 +3,7 @@
 Each call to :meth:`PointTracker.update` takes the tracing result for the live tracks on one
 frame pair and returns the tracks of the newer frame. Tracks keep their id while they are
 visible; an occluded track is kept for ``max_occluded_frames`` pairs, moving with the median motion of the
-visible tracks (the camera's, as far as the tracks tell: where it is searched for next), and then dropped; tracks that leave the image
+visible tracks (the camera's as far as they tell: a similarity transform fitted to them, where it is searched for next), and then dropped; tracks that leave the image
 are dropped at once (or, with ``max_out_of_view_frames``, kept for that many pairs, moving with the visible ones and
 not counted towards ``num_points``: anchored tracing finds them again when they come back into view); new points are seeded
 (grid, good-features-to-track corners, or external queries) whenever there are fewer than
@@ -46,6 +46,20 @@ def inside_image(points: np.ndarray, h: int, w: int) -> np.ndarray:
     out-of-view test), so the edge pixels (0, 0) and (w - 1, h - 1) are inside."""
     p = np.asarray(points, np.float64).reshape(-1, 2)
     return (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
+
+
+def camera_motion(before: np.ndarray, after: np.ndarray, min_points: int = 4, tolerance: float = 3.0):
+    """How the image moved between two frames, as the tracks seen on both tell (``before``, ``after``: (N,2)):
+    a function of (M,2) points. A similarity transform (shift, rotation, zoom) fitted robustly (RANSAC, inliers
+    within ``tolerance`` px) when ``min_points`` tracks agree, so a track not seen follows a camera that rolls or
+    zooms; else their median shift (none without tracks)."""
+    before, after = np.asarray(before, np.float64).reshape(-1, 2), np.asarray(after, np.float64).reshape(-1, 2)
+    if len(before) >= min_points:
+        m, inliers = cv2.estimateAffinePartial2D(before, after, method=cv2.RANSAC, ransacReprojThreshold=tolerance)
+        if m is not None and inliers is not None and int(inliers.sum()) >= min_points:
+            return lambda p: np.asarray(p, np.float64) @ m[:, :2].T + m[:, 2]
+    shift = np.median(after - before, axis=0) if len(before) else np.zeros(2)
+    return lambda p: np.asarray(p, np.float64) + shift
 
 
 TRACK_FIELDS = ("id", "x", "y", "vx", "vy", "visible", "confidence", "age")   # what outputs carry of a track
@@ -200,7 +214,7 @@ class PointTracker:
         points = np.asarray(points).reshape(-1, 2)
         old = self.query_points().reshape(-1, 2)
         seen = np.asarray(visible, bool) & inside_image(points, h, w)
-        camera = np.median(points[seen] - old[seen], axis=0) / frames if seen.any() else np.zeros(2)
+        camera = camera_motion(old[seen], points[seen])
         cfg = self.config
         for t, p, inside, v, c in zip(self.tracks, points, inside_image(points, h, w), visible, confidence):
             if not inside and not cfg.max_out_of_view_frames:
@@ -216,8 +230,9 @@ class PointTracker:
                 continue
             # not seen: it moves as the visible tracks did (a guess, reported as not visible)
             t.visible = False
-            t.vx, t.vy = float(camera[0]), float(camera[1])
-            t.x, t.y = t.x + t.vx * frames, t.y + t.vy * frames
+            moved = camera(np.array([[t.x, t.y]]))[0]
+            t.vx, t.vy = float(moved[0] - t.x) / frames, float(moved[1] - t.y) / frames
+            t.x, t.y = float(moved[0]), float(moved[1])
             if inside_image(np.array([t.x, t.y]), h, w)[0]:    # occluded in view
                 t.occluded_for, t.out_of_view_for = t.occluded_for + 1, 0
                 if t.occluded_for > cfg.max_occluded_frames:
