@@ -37,8 +37,9 @@ def feed(h, proc, frames, prime=False, timeout=60.0, **kw):
             raise AssertionError(f"no tracks after a frame: {node_log(proc)}")
 
 
-def test_tracks_follow_a_translating_image(tmp_path, ros_env, big):
-    proc = start_node(tmp_path, ros_env, {"num_points": 24, "masks": 2, "scales": 2})
+@pytest.mark.parametrize("tracking", ["chained", "anchored"])
+def test_tracks_follow_a_translating_image(tmp_path, ros_env, big, tracking):
+    proc = start_node(tmp_path, ros_env, {"num_points": 24, "masks": 2, "scales": 2, "tracking": tracking})
     h = Harness(domain_id(ros_env))
     try:
         assert h.wait_connected(60, proc), node_log(proc)
