@@ -37,7 +37,8 @@ from .tracker import PointTracker, TrackerConfig, inside_image
 
 MODES = ("chained", "anchored")
 MAX_ANCHORS = 16
-MAX_JUMP = 8.0           # working px: a tracked point found farther than this from its motion prior is not taken
+MAX_JUMP = 8.0           # working px: a tracked point found farther than this (plus half its extrapolated motion)
+#                          from its motion prior is not taken
 ANCHOR_PATIENCE = 3       # traced pairs in a row on which the anchor misses a track before it is re-anchored
 
 
@@ -193,10 +194,12 @@ class TrackingPipeline:
             for j, i in enumerate(idx):
                 maps[i] = res.maps[j] if res.maps else None
         # a track seen on the previous pair that lands far from where its motion puts it has jumped to a look-alike
-        # (a repeated texture: the next brick): a miss
+        # (a repeated texture: the next brick): a miss. Far: MAX_JUMP, plus half the motion extrapolated (frames
+        # dropped under a slow CPU make the prior less sure)
         moving = np.array([t.visible and t.age > 0 for t in tracks], bool)
-        to_256 = [self.engine.p.image_size / w, self.engine.p.image_size / h]
-        visible &= ~(moving & (np.linalg.norm((ends - prior) * to_256, axis=1) > MAX_JUMP))
+        to_256 = np.array([self.engine.p.image_size / w, self.engine.p.image_size / h])
+        limit = MAX_JUMP + 0.5 * np.linalg.norm(vel * frames * to_256, axis=1)
+        visible &= ~(moving & (np.linalg.norm((ends - prior) * to_256, axis=1) > limit))
         for i, t in enumerate(tracks):
             t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
         # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
@@ -212,7 +215,7 @@ class TrackingPipeline:
                     ref = np.array([[tracks[lost[j]].ax, tracks[lost[j]].ay] for j in sub])
                     res.visible[sub] &= self.engine.appearance(self.anchors[frame], ref, newer,
                                                                res.points[sub]) >= self.trace.min_appearance
-            jumped = np.linalg.norm((res.points - prior[lost]) * to_256, axis=1) > MAX_JUMP
+            jumped = np.linalg.norm((res.points - prior[lost]) * to_256, axis=1) > limit[lost]
             for j, i in enumerate(lost):
                 if res.visible[j] and not jumped[j]:
                     ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
