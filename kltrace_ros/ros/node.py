@@ -69,7 +69,8 @@ PARAMETERS = {
     "keypoints": Param("grid", "grid | features | topic (~/queries, geometry_msgs/PolygonStamped)"),
     "tracking": Param("chained", "chained (from the previous traced frame) | anchored (each track traced from the "
                                  "frame it was born or re-anchored on: less drift, slower under fast cameras)"),
-    "num_points": Param(64, "maximum number of tracks", True, (1, 4096)),
+    "num_points": Param(64, "maximum number of tracks in view (anchored tracking also keeps up to as many that "
+                             "left the view: max_out_of_view_frames)", True, (1, 4096)),
     "max_occluded_frames": Param(-1, "traced pairs an occluded track is kept (moving with the visible ones) before "
                                      "it is dropped (-1: the tracking mode's default, 12 chained, 40 anchored)", True,
                                  (-1, 1000)),

@@ -2,12 +2,12 @@
 
 Each call to :meth:`PointTracker.update` takes the tracing result for the live tracks on one
 frame pair and returns the tracks of the newer frame. Tracks keep their id while they are
-visible; an occluded track is kept for ``max_occluded_frames`` pairs, moving with the median motion of the
-visible tracks (the camera's as far as they tell: a similarity transform fitted to them, where it is searched for next), and then dropped; tracks that leave the image
-are dropped at once (or, with ``max_out_of_view_frames``, kept for that many pairs, moving with the visible ones and
-not counted towards ``num_points``: anchored tracing finds them again when they come back into view); new points are seeded
-(grid, good-features-to-track corners, or external queries) whenever there are fewer than
-``num_points`` tracks, away from existing ones. Every track keeps the frame (stream index and stamp) it
+visible; an occluded track is kept for ``max_occluded_frames`` pairs, moving as the visible tracks did (the
+camera's motion as far as they tell: a similarity transform fitted to them; where it is searched for next), and
+then dropped; tracks that leave the image are dropped at once (or, with ``max_out_of_view_frames``, kept for
+that many pairs, moving with the visible ones and not counted towards ``num_points``: anchored tracing finds them
+again when they come back into view); new points are seeded (grid, good-features-to-track corners, or external
+queries) whenever there are fewer than ``num_points`` tracks in view, away from existing ones. Every track keeps the frame (stream index and stamp) it
 was seeded on, and the tracker counts what it lost and why, and what it seeded again, so that a full set of
 tracks is never mistaken for the original points (:class:`TrackCounts`).
 """
