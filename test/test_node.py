@@ -137,7 +137,8 @@ def test_compressed_input_with_qos_override(tmp_path, ros_env, big):
 
 
 def test_resets_reseeding_and_live_parameters(tmp_path, ros_env, big):
-    proc = start_node(tmp_path, ros_env, {"num_points": 12, "scales": 2})   # reach: 7 px per frame
+    # reach: 7 px per frame; tracks that leave the image are dropped at once (so they are re-seeded)
+    proc = start_node(tmp_path, ros_env, {"num_points": 12, "scales": 2, "max_out_of_view_frames": 0})
     h = Harness(domain_id(ros_env))
     try:
         assert h.wait_connected(60, proc), node_log(proc)

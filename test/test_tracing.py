@@ -149,3 +149,27 @@ def test_appearance_match_tells_an_occluder_from_the_point():
     assert appearance_match(a, a, p, p + torch.tensor([1.5, -2.0])).min() > 0.95
     assert appearance_match(a, other, p, p).median() < 0.5
     assert (appearance_match(flat, other, p, p) == 1).all()
+
+
+def test_points_of_several_frames_are_traced_in_one_call_as_one_call_per_frame():
+    """``source``: queries on different first images (tracks' anchors) traced in one call land where one call per
+    image puts them (each on its own image's motion: the wrong image would put them 3 px off), and so does the
+    appearance test; a ``source`` that names no image is refused with what it must be."""
+    base, f2 = translated_pair((5, 4))
+    f1b = translated_pair((3, 2))[1]
+    engine = Engine(AnalyticShiftPredictor())
+    q = np.random.default_rng(1).uniform(60, 200, (12, 2))
+    apart = [engine.track(base, f2, q[:6]), engine.track(f1b, f2, q[6:])]
+    both = engine.track([base, f1b], f2, q, source=[0] * 6 + [1] * 6)
+    assert np.allclose(both.points, np.vstack([r.points for r in apart]), atol=1e-4)
+    assert np.array_equal(both.visible, np.concatenate([r.visible for r in apart]))
+    truth = q + np.repeat([[5, 4], [2, 2]], 6, axis=0)
+    assert np.median(np.linalg.norm(both.points - truth, axis=1)) < 1.0
+    like = engine.appearance([base, f1b], q, f2, truth, source=[0] * 6 + [1] * 6)
+    assert np.allclose(like, np.concatenate([engine.appearance(base, q[:6], f2, truth[:6]),
+                                             engine.appearance(f1b, q[6:], f2, truth[6:])]), atol=1e-5)
+    for bad in ([0] * 11, [0] * 6 + [2] * 6, [0.5] * 12):
+        with pytest.raises(ValueError, match="source must name"):
+            engine.track([base, f1b], f2, q, source=bad)
+    with pytest.raises(ValueError, match="one size"):
+        engine.track([base, base[:100]], f2, q, source=[0] * 12)

@@ -210,3 +210,78 @@ def test_a_track_not_seen_follows_a_camera_that_rolls_and_zooms():
     assert not t.visible and np.linalg.norm([t.x - moved[far, 0], t.y - moved[far, 1]]) < 0.1
     median_guess = pts[far] + np.median(moved[vis] - pts[vis], axis=0)
     assert np.linalg.norm(median_guess - moved[far]) > 5
+
+
+def test_anchored_tracks_stay_visible_when_the_whole_view_jumps():
+    """A camera that pans 3 px a frame and then moves 30 px in one frame (a bump): every point lands far from where
+    its own motion put it, but they all moved as the camera did, so it is not a jump to a look-alike: the tracks
+    stay visible, on their points (a jump test on each track's own motion alone flags all of them)."""
+    cv2 = pytest.importorskip("cv2")
+    from kltrace_ros.tracking.builder import Options, build_pipeline
+
+    img = cv2.resize(skdata.astronaut(), (400, 300), interpolation=cv2.INTER_AREA)
+    shift = [3 * i for i in range(6)] + [45 + 3 * i for i in range(3)]     # a 30 px bump between frames 5 and 6
+
+    def frame(i):
+        return cv2.warpAffine(img, np.float32([[1, 0, shift[i] - 70], [0, 1, -50]]), (256, 192),
+                              borderMode=cv2.BORDER_REFLECT)
+
+    pipe = build_pipeline(Options(num_points=24, tracking="anchored"))
+    for i in range(len(shift)):
+        res = pipe.push(frame(i), i * 10**8, i)
+        if i == 6:                                      # the pair across the bump
+            inside = (res.starts[:, 0] + 30 < 250) & (res.starts[:, 0] + 30 > 6)
+            found = res.visible & inside
+            assert found.sum() >= 0.7 * inside.sum(), (found.sum(), inside.sum())
+            err = np.abs((res.ends - res.starts)[found] - [30, 0]).max(1)
+            assert np.median(err) < 1.5, err
+    assert sum(t.visible for t in res.tracks) >= 12
+
+
+class _ScriptedEngine:
+    """The engine's interface with scripted answers, to pin the anchored rules down pair by pair: the point moves
+    1 px a frame; from frame ``anchor_lost_at`` on its anchor never finds it, the chained trace always does, and
+    the point found looks like the anchor's point as much as ``likeness`` says."""
+
+    def __init__(self, likeness: float, anchor_lost_at: int = 3):
+        from types import SimpleNamespace
+
+        from kltrace_ros.tracing.engine import TraceConfig
+        self.p, self.cfg = SimpleNamespace(image_size=256), TraceConfig()
+        self.likeness, self.anchor_lost_at = likeness, anchor_lost_at
+
+    def track(self, frame1, frame2, queries, config=None, cancel=None, prior=None, source=None):
+        from kltrace_ros.tracing.engine import TraceResult
+        t = int(frame2[0, 0, 0])                       # frame i is filled with i
+        n = len(queries)
+        truth = np.tile([10.0 + t, 10.0], (n, 1))
+        found = source is None or t < self.anchor_lost_at    # source: an anchored call
+        return TraceResult(truth, np.full(n, found), np.ones(n))
+
+    def appearance(self, frame_a, points_a, frame_b, points_b, source=None):
+        return np.full(len(points_a), self.likeness)
+
+
+@pytest.mark.parametrize("likeness", [0.95, 0.8])
+def test_re_anchoring_rule(likeness):
+    """The anchor misses the point from frame 3 on. The chained answer bridges the first ANCHOR_PATIENCE - 1 misses.
+    Then, if the point still looks like the anchor's (0.95), the anchor should still match: the chained answer
+    (whose errors add up) is not taken and the track is occluded, its anchor kept; if it looks different (0.8, the
+    view changed), the track takes the chained answer and the previous frame becomes its anchor."""
+    from kltrace_ros.tracking.pipeline import ANCHOR_PATIENCE, REANCHOR_LIKENESS, TrackingPipeline
+
+    assert 0.8 < REANCHOR_LIKENESS < 0.95
+    pipe = TrackingPipeline(_ScriptedEngine(likeness), TrackerConfig(num_points=1, source="topic"), mode="anchored")
+    pipe.tracker.set_external_queries([[10.0, 10.0]], (32, 32))
+    seen, anchors = [], []
+    for i in range(3 + ANCHOR_PATIENCE + 2):
+        res = pipe.push(np.full((32, 32, 3), i, np.uint8), i * 10**8, i)
+        if res is not None:
+            seen.append(res.tracks[0].visible)
+            anchors.append(res.tracks[0].anchor_frame)
+    bridged = 2 + ANCHOR_PATIENCE - 1       # pairs seen: 2 found by the anchor, then the misses bridged
+    assert all(seen[:bridged]) and anchors[bridged - 1] == 0, (seen, anchors)
+    if likeness > REANCHOR_LIKENESS:
+        assert not any(seen[bridged:]) and set(anchors) == {0}, (seen, anchors)
+    else:
+        assert seen[bridged] and anchors[bridged] == bridged, (seen, anchors)      # frame ``bridged``: the older

@@ -62,8 +62,9 @@ def add_engine_args(p) -> None:
 def add_stream_args(p, live_view: bool = True) -> None:
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--keypoints", choices=("grid", "features"), default="grid")
-    p.add_argument("--tracking", choices=("chained", "anchored"), default="chained",
-                   help="trace each track from the frame it was born on (anchored) or from the previous one")
+    p.add_argument("--tracking", choices=("anchored", "chained"), default="anchored",
+                   help="trace each track from the frame it was born on (anchored, default: no drift) or from the "
+                        "previous one (chained: about half the time per pair)")
     if live_view:
         p.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
                        help="serve a live view to Foxglove (ws://127.0.0.1:PORT, default 8765)")
@@ -77,7 +78,7 @@ def options(args, **changes) -> Options:
                    fb_threshold=args.fb_threshold, min_appearance=args.min_appearance,
                    keep_maps=getattr(args, "foxglove", None) is not None,
                    num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"),
-                   tracking=getattr(args, "tracking", "chained"))
+                   tracking=getattr(args, "tracking", Options.tracking))
     return opts.with_(**changes)
 
 

@@ -67,8 +67,9 @@ PARAMETERS = {
     "threads": Param(0, "torch CPU threads (0 = all cores)", range=(0, 256)),
     "frame_gap": Param(1, "trace between frames at least this many frames apart", True, (1, 100)),
     "keypoints": Param("grid", "grid | features | topic (~/queries, geometry_msgs/PolygonStamped)"),
-    "tracking": Param("chained", "chained (from the previous traced frame) | anchored (each track traced from the "
-                                 "frame it was born or re-anchored on: less drift, slower under fast cameras)"),
+    "tracking": Param("anchored", "anchored (each track traced from the frame it was born or re-anchored on: no "
+                                  "drift, occluded points found again) | chained (from the previous traced frame: "
+                                  "about half the time per pair, errors add up)"),
     "num_points": Param(64, "maximum number of tracks in view (anchored tracking also keeps up to as many that "
                              "left the view: max_out_of_view_frames)", True, (1, 4096)),
     "max_occluded_frames": Param(-1, "traced pairs an occluded track is kept (moving with the visible ones) before "

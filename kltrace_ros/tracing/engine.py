@@ -123,15 +123,32 @@ class Engine:
         return torch.tensor((np.asarray(points, np.float64).reshape(-1, 2) + 0.5) * [s / shape[1], s / shape[0]],
                             dtype=torch.float32)
 
-    def appearance(self, frame_a, points_a, frame_b, points_b) -> np.ndarray:
+    def appearance(self, frame_a, points_a, frame_b, points_b, source=None) -> np.ndarray:
         """(N,) how much the neighbourhoods of ``points_b`` in ``frame_b`` still look like those of ``points_a`` in
         ``frame_a`` (the visibility test of ``min_appearance``, for callers that compare other frames than a traced
-        pair: a track's anchor and its current position)."""
-        if len(np.reshape(points_a, (-1, 2))) == 0:
+        pair: a track's anchor and its current position). ``frame_a`` and ``source`` as in :meth:`track`."""
+        n = len(np.reshape(points_a, (-1, 2)))
+        if n == 0:
             return np.zeros(0)
-        return appearance_match(self._prepare(frame_a), self._prepare(frame_b),
-                                self._working(points_a, np.shape(frame_a)),
-                                self._working(points_b, np.shape(frame_b))).numpy()
+        img_a, index, shape = self._sources(frame_a, source, n)
+        return appearance_match(img_a, self._prepare(frame_b), self._working(points_a, shape),
+                                self._working(points_b, np.shape(frame_b)), index_a=index).numpy()
+
+    def _sources(self, frame1, source, n: int):
+        """The first images of a call: one image, or a list of images of one size with ``source`` (N,) naming each
+        query's. Returns (F,3,S,S) working images, the (N,) index (None: one image) and the images' shape."""
+        if source is None:
+            return self._prepare(frame1), None, np.shape(frame1)[:2]
+        frames = list(frame1)
+        index = np.asarray(source).reshape(-1)
+        if len(index) != n or not np.issubdtype(index.dtype, np.integer) or len(frames) == 0 \
+                or index.min() < 0 or index.max() >= len(frames):
+            raise ValueError(f"source must name one of the {len(frames)} first images per query (N={n} whole "
+                             f"numbers in [0, {len(frames) - 1}]), got {index.tolist()[:8]}")
+        shapes = {np.shape(f)[:2] for f in frames}
+        if len(shapes) != 1:
+            raise ValueError(f"the first images must have one size, got {sorted(shapes)}")
+        return torch.cat([self._prepare(f) for f in frames]), torch.as_tensor(index), shapes.pop()
 
     def _prepare(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H,W,3) uint8 or float [0,1] -> (1,3,S,S) float in [0,1] at the working resolution.
@@ -150,8 +167,9 @@ class Engine:
         return F.interpolate(t.permute(2, 0, 1).unsqueeze(0), size=(s, s), mode="bilinear", antialias=True,
                              align_corners=False).clamp(0, 1)
 
-    def _windows(self, image: torch.Tensor, centres: torch.Tensor, crop: float) -> torch.Tensor:
-        """(B,3,w,w) windows of ``crop`` working px centred at ``centres`` (B,2) (continuous px)."""
+    def _windows(self, image: torch.Tensor, centres: torch.Tensor, crop: float, index=None) -> torch.Tensor:
+        """(B,3,w,w) windows of ``crop`` working px centred at ``centres`` (B,2) (continuous px), cut from
+        ``image`` (1,3,S,S), or from ``image[index[b]]`` of (F,3,S,S)."""
         w, s = self.p.window, self.p.image_size
         factor = crop / w
         src = image
@@ -162,14 +180,18 @@ class Engine:
         gx = (centres[:, 0].view(-1, 1, 1) + u.view(1, 1, w)) / s * 2 - 1
         gy = (centres[:, 1].view(-1, 1, 1) + u.view(1, w, 1)) / s * 2 - 1
         grid = torch.stack([gx.expand(-1, w, w), gy.expand(-1, w, w)], -1)
-        return F.grid_sample(src.expand(len(centres), -1, -1, -1), grid, mode="bilinear",
+        src = src.expand(len(centres), -1, -1, -1) if index is None else src[index]
+        return F.grid_sample(src, grid, mode="bilinear",
                              padding_mode="border", align_corners=False)
 
     # ---------------------------------------------------------------- run
     @torch.no_grad()
     def track(self, frame1, frame2, queries, config: TraceConfig | None = None, cancel=None,
-              prior=None) -> TraceResult:
+              prior=None, source=None) -> TraceResult:
         """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
+
+        ``source`` (N,) (or None): ``frame1`` is then a list of images of one size and query i is a point of
+        ``frame1[source[i]]``: points seen on different frames (tracks' anchors) are traced into frame 2 in one call.
 
         ``prior`` (N,2) (x, y px of frame 2, or None): where each point probably is (a motion prior); the
         search starts there instead of at the query (skipping ``prior_skip`` coarse scales), so motions beyond
@@ -184,9 +206,9 @@ class Engine:
         one predictor call, for a prompt shutdown)."""
         cfg = config or self.cfg
         q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
-        h1, w1 = np.shape(frame1)[:2]
         h2, w2 = np.shape(frame2)[:2]
-        img1, img2 = self._prepare(frame1), self._prepare(frame2)
+        img1, index, (h1, w1) = self._sources(frame1, source, len(q))
+        img2 = self._prepare(frame2)
         s = self.p.image_size
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
@@ -199,26 +221,27 @@ class Engine:
             start = self._working(prior, (h2, w2))
         cfg = self.schedule(cfg)
         est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if start is not None else cfg,
-                                             cancel, start)
+                                             cancel, start, ia=index)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
         # visible: a strong peak, a peak that stands out of its map (the tracer was found), and in view
         vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
         if cfg.min_appearance > 0:   # and the found point still looks like the query (not an occluder's texture)
-            vis &= appearance_match(img1, img2, qw, est).numpy() >= cfg.min_appearance
+            vis &= appearance_match(img1, img2, qw, est, index_a=index).numpy() >= cfg.min_appearance
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
             back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or cfg.scales,
                                                                                  cfg.scales), keep_maps=False)
-            back = self._trace(img2, img1, est, back_cfg, cancel, qw)[0]
+            back = self._trace(img2, img1, est, back_cfg, cancel, qw, ib=index)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         if start is not None and not res.visible.all():   # not found from the prior: search from the query
             again = np.flatnonzero(~res.visible)
-            sub = self.track(frame1, frame2, q[again], cfg, cancel)
+            sub = self.track(frame1, frame2, q[again], cfg, cancel, source=None if source is None else
+                             np.asarray(source).reshape(-1)[again])
             better = sub.visible & (sub.sharpness > res.sharpness[again])     # found, and a clearer peak
             take, got = again[better], np.flatnonzero(better)
             res.points[take], res.visible[take], res.confidence[take] = sub.points[got], True, sub.confidence[got]
@@ -243,19 +266,22 @@ class Engine:
         skip = min(cfg.prior_skip, cfg.scales - 1)
         return replace(cfg, first_crop=cfg.first_crop * cfg.shrink ** skip, scales=cfg.scales - skip)
 
-    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None):
+    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None, ia=None, ib=None):
         """Estimates (N,2) in working px of ``img_b``, peak scores (N,), peak sharpness (N,) and maps of queries
-        ``qw`` of ``img_a``; the search starts at ``start`` (N,2) (default: the queries)."""
+        ``qw`` of ``img_a``; the search starts at ``start`` (N,2) (default: the queries). ``ia``/``ib`` (N,): each
+        query's image of a stack ``img_a``/``img_b`` (None: one image)."""
         start = qw if start is None else start
         est = start.clone()
         conf, sharp = torch.zeros(len(qw)), torch.zeros(len(qw))
         maps = [None] * len(qw)
         for i in range(0, len(qw), cfg.batch):
             sl = slice(i, i + cfg.batch)
-            est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(img_a, img_b, qw[sl], cfg, cancel, start[sl])
+            est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(
+                img_a, img_b, qw[sl], cfg, cancel, start[sl], None if ia is None else ia[sl],
+                None if ib is None else ib[sl])
         return est, conf, sharp, maps
 
-    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None, start=None):
+    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None, start=None, i1=None, i2=None):
         p = self.p
         s, w, patch = p.image_size, p.window, p.patch
         g = w // patch
@@ -275,8 +301,9 @@ class Engine:
             else:
                 src_c, tgt_c, crop_k = qw, est, crop
             scale = w / crop_k
-            src_w = self._windows(img1, src_c[:1] if whole else src_c, crop_k)
-            tgt_w = self._windows(img2, tgt_c[:1] if whole else tgt_c, crop_k)
+            # a whole-frame window is shared by all points of one image
+            src_w = self._windows(img1, src_c[:1] if whole and i1 is None else src_c, crop_k, i1)
+            tgt_w = self._windows(img2, tgt_c[:1] if whole and i2 is None else tgt_c, crop_k, i2)
             q_win = (qw - src_c) * scale + w / 2                      # query in source-window px
             traced = add_tracer(src_w.expand(n, -1, -1, -1), q_win, p.tracer_sigma)
             # patches kept hidden: the estimate sits at the target-window centre for every point

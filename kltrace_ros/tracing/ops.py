@@ -88,30 +88,43 @@ def central_region(g: int, fraction: float) -> torch.Tensor:
     return inside
 
 
-def _gray_patches(img: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,size*size) grey patches of ``img`` (1,3,S,S) centred at ``centres`` (N,2) (continuous px), bilinear."""
+def _gray_patches(img: torch.Tensor, centres: torch.Tensor, size: int, index: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Grey patches of ``size`` x ``size`` px, bilinear: (N,size*size) for ``centres`` (N,2), (N,M,size*size) for
+    (N,M,2) (continuous px). ``img`` (F,3,S,S): the patches of point i are cut from image ``index[i]`` (None: one
+    image for all)."""
     s = img.shape[-1]
+    n = len(centres)
+    c = centres.reshape(n, -1, 2)                                                   # N,M,2
+    m = c.shape[1]
     u = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    gx = (centres[:, 0].view(-1, 1, 1) + u.view(1, 1, size)) / s * 2 - 1
-    gy = (centres[:, 1].view(-1, 1, 1) + u.view(1, size, 1)) / s * 2 - 1
-    grid = torch.stack([gx.expand(-1, size, size), gy.expand(-1, size, size)], -1).reshape(1, -1, size, 2)
-    grey = img.float().mean(1, keepdim=True)                 # one image, every patch a band of rows of one grid
-    return F.grid_sample(grey, grid, mode="bilinear", padding_mode="border",
-                         align_corners=False).view(len(centres), size * size)
+    gx = (c[..., 0].view(n, m, 1, 1) + u.view(1, 1, 1, size)) / s * 2 - 1
+    gy = (c[..., 1].view(n, m, 1, 1) + u.view(1, 1, size, 1)) / s * 2 - 1
+    grid = torch.stack([gx.expand(-1, -1, size, size), gy.expand(-1, -1, size, size)], -1)   # N,M,size,size,2
+    grey = img.float().mean(1, keepdim=True)
+    if index is None:          # one image: every patch a band of rows of one grid
+        out = F.grid_sample(grey[:1], grid.reshape(1, -1, size, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)
+    else:                      # each point's patches a band of rows of its own image
+        out = F.grid_sample(grey[index], grid.reshape(n, -1, size, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)
+    return out.reshape(n, m, size * size) if centres.dim() == 3 else out.reshape(n, size * size)
 
 
 def appearance_match(img_a: torch.Tensor, img_b: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor,
-                     radius: int = 4, search: float = 2.0, step: float = 0.5, flat: float = 0.01) -> torch.Tensor:
+                     radius: int = 4, search: float = 2.0, step: float = 0.5, flat: float = 0.01,
+                     index_a: torch.Tensor | None = None, index_b: torch.Tensor | None = None) -> torch.Tensor:
     """How much the neighbourhood of ``pb`` in ``img_b`` still looks like that of ``pa`` in ``img_a``: the best
     normalised cross-correlation (N,) of the (2r+1)^2 grey patch at ``pa`` with patches centred within
-    +-``search`` px of ``pb`` in ``step`` px steps (images (1,3,S,S) in [0,1], points (N,2) continuous px). A
-    patch whose grey levels vary by less than ``flat`` (standard deviation) cannot tell: 1."""
+    +-``search`` px of ``pb`` in ``step`` px steps (images (F,3,S,S) in [0,1], points (N,2) continuous px; with
+    several images, ``index_a``/``index_b`` (N,) name each point's). A patch whose grey levels vary by less than
+    ``flat`` (standard deviation) cannot tell: 1."""
     k = 2 * radius + 1
-    tpl = _gray_patches(img_a, pa, k)                                              # N,k*k
+    tpl = _gray_patches(img_a, pa, k, index_a)                                      # N,k*k
     d = torch.arange(-search, search + step / 2, step)
     shifts = torch.stack(torch.meshgrid(d, d, indexing="xy"), -1).view(-1, 2)     # M,2
     n, m = len(pb), len(shifts)
-    cand = _gray_patches(img_b, (pb.view(n, 1, 2) + shifts.view(1, m, 2)).view(-1, 2), k).view(n, m, -1)
+    cand = _gray_patches(img_b, pb.view(n, 1, 2) + shifts.view(1, m, 2), k, index_b)   # N,M,k*k
     t = tpl - tpl.mean(1, keepdim=True)
     c = cand - cand.mean(2, keepdim=True)
     score = (c @ t.unsqueeze(-1)).squeeze(-1) / (t.norm(dim=1, keepdim=True) * c.norm(dim=2) + 1e-9)

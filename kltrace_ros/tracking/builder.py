@@ -36,7 +36,7 @@ class Options:
     max_out_of_view_frames: int = 40         # anchored tracking: pairs a track that left the view is kept (chained: 0)
     frame_gap: int = 1
     motion_prior: bool = False               # start each search at position + velocity x frames (see pipeline)
-    tracking: str = "chained"                # chained | anchored (see tracking.pipeline and README, Long tracks)
+    tracking: str = "anchored"               # anchored | chained (see tracking.pipeline and README, Long tracks)
 
     def with_(self, **changes) -> "Options":
         return replace(self, **changes)

@@ -7,21 +7,31 @@ jumps back (bag loop, simulation reset) or the image size changes.
 
 Two modes. ``chained``: every track is traced from the previous traced frame, so errors add up step by
 step. ``anchored``: every track is traced from its anchor, the frame it was born on (or last re-anchored on)
-at the point it had there, straight into the new frame; the search starts where the track probably is now
-(its last position plus its velocity times the frames since), so the anchor's point is found even when it
-has moved far. Re-anchoring rule: when the anchored trace does not find the point (not visible: weak or
-smeared peak, the backward check fails or the point no longer looks like the query, e.g. the view changed
-since the anchor), the track is traced chained from the previous frame instead (if it was seen there) and takes
-that answer if the point found still looks like the anchor's (``min_appearance``: a track dragged onto an
-occluder is not carried on with it), else it is occluded; once its anchor has missed it on ``ANCHOR_PATIENCE`` traced pairs in a row, the previous frame
-becomes its new anchor (at its position there). A single miss (a brief occluder, a blurred frame) therefore
-keeps the anchor, and tracks stay on the frame they were born on as long as it still matches. Tracks that
-leave the image are kept (moving with the visible tracks, for the tracker's ``max_out_of_view_frames``, which the
-builder sets for anchored mode only) and are searched for from their anchor when their predicted position is back
-in view. Anchor frames are shared by
-the tracks that use them and released when none does; about ``MAX_ANCHORS`` are kept (beyond, the visible
-tracks of the smallest groups are re-anchored on the previous frame, so the groups that hold most tracks, the
-first seeding's among them, keep theirs; occluded tracks keep their anchor, so at most one per track).
+at the point it had there, straight into the new frame (all anchors in one engine call); the search starts where
+the track probably is now (its last position plus its velocity times the frames since), so the anchor's point is
+found even when it has moved far.
+
+Anchored rules, per traced pair:
+- Jump test: a point found farther than ``MAX_JUMP`` (plus half its extrapolated motion) from where its own motion
+  puts it, and farther than ``CAMERA_TOLERANCE`` from where the camera's motion puts it (a similarity fitted to every
+  point found on this pair: a bump moves them all), has jumped to a look-alike (the next brick): a miss.
+- A miss (not visible: weak or smeared peak, failed backward check, no longer looks like the query, or a jump) of a
+  track seen on the previous pair is traced chained from the previous frame instead. That answer must pass the
+  jump test and still look like the anchor's point (``min_appearance``: a track dragged onto an occluder is not
+  carried on with it). It is taken on the first ``ANCHOR_PATIENCE - 1`` misses in a row (a brief occluder, a
+  blurred frame: the anchor is kept).
+- Re-anchoring rule: from the ``ANCHOR_PATIENCE``-th miss in a row, the chained answer is taken only if the point
+  now looks less like the anchor's than ``REANCHOR_LIKENESS`` (the view changed: zoom, turn, light); the previous
+  frame then becomes the track's anchor, at its position there. If it still looks the same, the anchor should
+  still match and the search keeps missing it (a flat or repeated texture, where chained answers drift a few px a
+  pair): the track is reported occluded and searched for from its anchor until found or timed out.
+- Tracks that leave the image are kept (moving with the visible tracks, for the tracker's
+  ``max_out_of_view_frames``, which the builder sets for anchored mode only) and are searched for from their anchor
+  when their predicted position is back in view.
+- Anchor frames are shared by the tracks that use them and released when none does; about ``MAX_ANCHORS`` are kept
+  (beyond, the visible tracks of the smallest groups are re-anchored on the previous frame, so the groups that hold
+  most tracks, the first seeding's among them, keep theirs; occluded tracks keep their anchor, so at most one per
+  track).
 """
 from __future__ import annotations
 
@@ -33,13 +43,15 @@ import numpy as np
 
 from kltrace_ros.tracing.engine import Engine, TraceConfig
 
-from .tracker import PointTracker, TrackerConfig, inside_image
+from .tracker import PointTracker, TrackerConfig, camera_motion, inside_image
 
 MODES = ("chained", "anchored")
 MAX_ANCHORS = 16
-MAX_JUMP = 8.0           # working px: a tracked point found farther than this (plus half its extrapolated motion)
-#                          from its motion prior is not taken
-ANCHOR_PATIENCE = 3       # traced pairs in a row on which the anchor misses a track before it is re-anchored
+MAX_JUMP = 8.0            # working px: a tracked point found farther than this (plus half its extrapolated motion)
+#                           from its motion prior is not taken ...
+CAMERA_TOLERANCE = 4.0    # ... unless it is within this many working px of where the camera's motion puts it
+ANCHOR_PATIENCE = 4       # the anchor's misses in a row after which a track's chained answer is taken only if it
+REANCHOR_LIKENESS = 0.85  # looks less like the anchor's point than this (then it is re-anchored: the view changed)
 
 
 def anchors_to_keep(anchor_frames: list, budget: int) -> set | None:
@@ -183,13 +195,18 @@ class TrackingPipeline:
         maps = [None] * n
         h, w = newer.shape[:2]
         in_view = inside_image(prior, h, w)          # a track predicted out of view is not searched for
-        for frame in sorted({t.anchor_frame for t in tracks}):
-            idx = [i for i, t in enumerate(tracks) if t.anchor_frame == frame and in_view[i]]
+        used = sorted({t.anchor_frame for t in tracks})
+        images, number = [self.anchors[f] for f in used], {f: k for k, f in enumerate(used)}
+        source = np.array([number[t.anchor_frame] for t in tracks], int)
+        anchor_pts = np.array([[t.ax, t.ay] for t in tracks], np.float64).reshape(-1, 2)
+        # one call for the tracks of older anchors, searched from their prior; one for those anchored on the
+        # previous frame, searched as chained tracking searches (from the point itself, the whole schedule)
+        for from_prior in (True, False):
+            idx = [i for i, t in enumerate(tracks) if in_view[i] and (t.anchor_frame != older_index) == from_prior]
             if not idx:
                 continue
-            src = np.array([[tracks[i].ax, tracks[i].ay] for i in idx])
-            res = self.engine.track(self.anchors[frame], newer, src, self.trace, self.cancel,
-                                    None if frame == older_index else prior[idx])
+            res = self.engine.track(images, newer, anchor_pts[idx], self.trace, self.cancel,
+                                    prior[idx] if from_prior else None, source=source[idx])
             ends[idx], visible[idx], conf[idx] = res.points, res.visible, res.confidence
             for j, i in enumerate(idx):
                 maps[i] = res.maps[j] if res.maps else None
@@ -199,28 +216,40 @@ class TrackingPipeline:
         moving = np.array([t.visible and t.age > 0 for t in tracks], bool)
         to_256 = np.array([self.engine.p.image_size / w, self.engine.p.image_size / h])
         limit = MAX_JUMP + 0.5 * np.linalg.norm(vel * frames * to_256, axis=1)
-        visible &= ~(moving & (np.linalg.norm((ends - prior) * to_256, axis=1) > limit))
+        # unless it moved as the camera did: the motion most tracks found agree on (a sudden turn or bump moves
+        # every point far from its own prior)
+        camera = camera_motion(here[visible], ends[visible])
+
+        def jumped(found, i):
+            return ((np.linalg.norm((found - prior[i]) * to_256, axis=1) > limit[i])
+                    & (np.linalg.norm((found - camera(here[i])) * to_256, axis=1) > CAMERA_TOLERANCE))
+
+        visible &= ~(moving & jumped(ends, np.arange(n)))
         for i, t in enumerate(tracks):
             t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
         # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
         # position there is only a guess; on a repeated texture a chained search from it lands on a look-alike that
-        # passes every test); the answer must look like the anchor's point; re-anchor after ANCHOR_PATIENCE misses
+        # passes every test); the answer must look like the anchor's point and pass the jump test
         lost = [i for i, t in enumerate(tracks) if in_view[i] and not visible[i] and t.visible
                 and t.anchor_frame != older_index]
         if lost:
             res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
-            if self.trace.min_appearance > 0:   # and it must still look like the point it was at its anchor
-                for frame in {tracks[i].anchor_frame for i in lost}:
-                    sub = [j for j, i in enumerate(lost) if tracks[i].anchor_frame == frame]
-                    ref = np.array([[tracks[lost[j]].ax, tracks[lost[j]].ay] for j in sub])
-                    res.visible[sub] &= self.engine.appearance(self.anchors[frame], ref, newer,
-                                                               res.points[sub]) >= self.trace.min_appearance
-            jumped = np.linalg.norm((res.points - prior[lost]) * to_256, axis=1) > limit[lost]
+            # how much the point found still looks like the anchor's: it must look enough like it (``min_appearance``)
+            likeness = self.engine.appearance(images, anchor_pts[lost], newer, res.points, source[lost])
+            if self.trace.min_appearance > 0:
+                res.visible &= likeness >= self.trace.min_appearance
+            far = jumped(res.points, np.array(lost))
             for j, i in enumerate(lost):
-                if res.visible[j] and not jumped[j]:
-                    ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
-                    maps[i] = res.maps[j] if res.maps else None
-                    if tracks[i].anchor_misses >= ANCHOR_PATIENCE:
-                        tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
-                        tracks[i].anchor_misses = 0
+                if not res.visible[j] or far[j]:
+                    continue
+                # missed again and again: the anchor no longer matches if the point now looks different (re-anchor);
+                # if it still looks the same, the chained answer is not taken (its errors add up pair by pair)
+                stale = tracks[i].anchor_misses >= ANCHOR_PATIENCE
+                if stale and likeness[j] >= REANCHOR_LIKENESS:
+                    continue
+                ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
+                maps[i] = res.maps[j] if res.maps else None
+                if stale and likeness[j] < REANCHOR_LIKENESS:
+                    tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
+                    tracks[i].anchor_misses = 0
         return ends, visible, conf, maps if any(m is not None for m in maps) else []
