@@ -129,6 +129,14 @@ def test_motion_prior_reaches_beyond_the_search_and_a_wrong_prior_is_corrected()
     assert np.median(err) < 1.5 and (err < 2).mean() >= 0.75, err
     with pytest.raises(ValueError, match="prior must be finite"):
         engine.track(f1, f2, q, prior=truth[:3])
+    # a prior far off on a motion beyond reach from the query: found when searched again from ``retry_from`` (where
+    # a tracker saw the point last), not from the query
+    f2, truth = view(80, 55), q + [80, 55]
+    for again, ok in ((None, False), (truth + [4, -4], True)):
+        err = np.linalg.norm(engine.track(f1, f2, q, prior=truth + [70, -50], retry_from=again).points - truth, axis=1)
+        assert (np.median(err) < 1.5) == ok, (again is None, err)
+    with pytest.raises(ValueError, match="retry_from must be finite"):
+        engine.track(f1, f2, q, prior=truth, retry_from=truth[:3])
 
 
 def test_appearance_match_tells_an_occluder_from_the_point():

@@ -250,7 +250,7 @@ class _ScriptedEngine:
         self.p, self.cfg = SimpleNamespace(image_size=256), TraceConfig()
         self.likeness, self.anchor_lost_at = likeness, anchor_lost_at
 
-    def track(self, frame1, frame2, queries, config=None, cancel=None, prior=None, source=None):
+    def track(self, frame1, frame2, queries, config=None, cancel=None, prior=None, source=None, retry_from=None):
         from kltrace_ros.tracing.engine import TraceResult
         t = int(frame2[0, 0, 0])                       # frame i is filled with i
         n = len(queries)

@@ -187,7 +187,7 @@ class Engine:
     # ---------------------------------------------------------------- run
     @torch.no_grad()
     def track(self, frame1, frame2, queries, config: TraceConfig | None = None, cancel=None,
-              prior=None, source=None) -> TraceResult:
+              prior=None, source=None, retry_from=None) -> TraceResult:
         """Trace ``queries`` (N,2) (x, y px of frame 1) into frame 2 ((H,W,3) uint8 or float in [0,1]).
 
         ``source`` (N,) (or None): ``frame1`` is then a list of images of one size and query i is a point of
@@ -196,9 +196,10 @@ class Engine:
         ``prior`` (N,2) (x, y px of frame 2, or None): where each point probably is (a motion prior); the
         search starts there instead of at the query (skipping ``prior_skip`` coarse scales), so motions beyond
         the model's reach are found when the prior is near them, and a prior a little off is corrected by the
-        search. Points not found from their prior (not visible) are searched again from the query with the
-        whole schedule, and take that answer if it is visible with a sharper peak: a prior far off costs time,
-        not the point. The backward check always starts at the query (where a consistent point lands).
+        search. Points not found from their prior (not visible) are searched again with the whole schedule,
+        from ``retry_from`` (N,2) (x, y px of frame 2; default: the query's own position), and take that answer
+        if it is visible with a sharper peak: a prior far off costs time, not the point. The backward check
+        always starts at the query (where a consistent point lands).
 
         ``config`` (default: ``self.cfg``) is read once: a concurrent change of ``self.cfg`` never
         mixes two configurations within one call. ``cancel`` (a ``threading.Event``) is checked before
@@ -209,19 +210,43 @@ class Engine:
         h2, w2 = np.shape(frame2)[:2]
         img1, index, (h1, w1) = self._sources(frame1, source, len(q))
         img2 = self._prepare(frame2)
-        s = self.p.image_size
         if len(q) == 0:
             return TraceResult(np.zeros((0, 2)), np.zeros(0, bool), np.zeros(0))
         qw = self._working(q, (h1, w1))
-        start = None
-        if prior is not None:
-            prior = np.asarray(prior, dtype=np.float64).reshape(-1, 2)
-            if prior.shape != q.shape or not np.isfinite(prior).all():
-                raise ValueError(f"prior must be finite (x, y) per query: {len(q)} queries, prior {prior.shape}")
-            start = self._working(prior, (h2, w2))
+        starts = []
+        for name, pts in (("prior", prior), ("retry_from", retry_from)):
+            if pts is not None:
+                pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+                if pts.shape != q.shape or not np.isfinite(pts).all():
+                    raise ValueError(f"{name} must be finite (x, y) per query: {len(q)} queries, {name} {pts.shape}")
+                pts = self._working(pts, (h2, w2))
+            starts.append(pts)
+        start, again_from = starts
         cfg = self.schedule(cfg)
-        est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if start is not None else cfg,
-                                             cancel, start, ia=index)
+        res = self._search(img1, img2, index, qw, (h2, w2), cfg, cancel, start, skip=start is not None)
+        if start is not None and not res.visible.all():   # not found from the prior: search again, whole schedule
+            again = np.flatnonzero(~res.visible)
+            sub = self._search(img1, img2, None if index is None else index[again], qw[again], (h2, w2), cfg,
+                               cancel, None if again_from is None else again_from[again])
+            better = sub.visible & (sub.sharpness > res.sharpness[again])     # found, and a clearer peak
+            take, got = again[better], np.flatnonzero(better)
+            res.points[take], res.visible[take], res.confidence[take] = sub.points[got], True, sub.confidence[got]
+            res.sharpness[take] = sub.sharpness[got]
+            if res.fb_error is not None:
+                res.fb_error[take] = sub.fb_error[got]
+            for i, j in zip(take, got) if cfg.keep_maps else ():
+                res.maps[i] = sub.maps[j]
+        return res
+
+    def _search(self, img1, img2, index, qw, shape2, cfg: TraceConfig, cancel, start=None,
+                skip: bool = False) -> TraceResult:
+        """One search of queries ``qw`` (working px of ``img1``, or of ``img1[index]``) in ``img2`` (of a frame of
+        ``shape2`` (H, W)) from ``start`` (working px; default: the queries) with the schedule ``cfg`` (its first
+        ``prior_skip`` scales left out when ``skip``), and the visibility tests."""
+        s = self.p.image_size
+        h2, w2 = shape2
+        est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if skip else cfg, cancel, start,
+                                             ia=index)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
@@ -238,18 +263,6 @@ class Engine:
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
-        if start is not None and not res.visible.all():   # not found from the prior: search from the query
-            again = np.flatnonzero(~res.visible)
-            sub = self.track(frame1, frame2, q[again], cfg, cancel, source=None if source is None else
-                             np.asarray(source).reshape(-1)[again])
-            better = sub.visible & (sub.sharpness > res.sharpness[again])     # found, and a clearer peak
-            take, got = again[better], np.flatnonzero(better)
-            res.points[take], res.visible[take], res.confidence[take] = sub.points[got], True, sub.confidence[got]
-            res.sharpness[take] = sub.sharpness[got]
-            if res.fb_error is not None:
-                res.fb_error[take] = sub.fb_error[got]
-            for i, j in zip(take, got) if cfg.keep_maps else ():
-                res.maps[i] = sub.maps[j]
         return res
 
     def schedule(self, cfg: TraceConfig) -> TraceConfig:

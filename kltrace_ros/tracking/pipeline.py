@@ -199,14 +199,16 @@ class TrackingPipeline:
         images, number = [self.anchors[f] for f in used], {f: k for k, f in enumerate(used)}
         source = np.array([number[t.anchor_frame] for t in tracks], int)
         anchor_pts = np.array([[t.ax, t.ay] for t in tracks], np.float64).reshape(-1, 2)
-        # one call for the tracks of older anchors, searched from their prior; one for those anchored on the
-        # previous frame, searched as chained tracking searches (from the point itself, the whole schedule)
+        # one call for the tracks of older anchors, searched from their prior (and, where that fails, from where
+        # they were on the previous frame: the whole schedule, as chained tracking searches, not from the anchor's
+        # position, which says nothing of where the point is now); one for those anchored on the previous frame
         for from_prior in (True, False):
             idx = [i for i, t in enumerate(tracks) if in_view[i] and (t.anchor_frame != older_index) == from_prior]
             if not idx:
                 continue
             res = self.engine.track(images, newer, anchor_pts[idx], self.trace, self.cancel,
-                                    prior[idx] if from_prior else None, source=source[idx])
+                                    prior[idx] if from_prior else None, source=source[idx],
+                                    retry_from=here[idx] if from_prior else None)
             ends[idx], visible[idx], conf[idx] = res.points, res.visible, res.confidence
             for j, i in enumerate(idx):
                 maps[i] = res.maps[j] if res.maps else None
@@ -218,13 +220,11 @@ class TrackingPipeline:
         limit = MAX_JUMP + 0.5 * np.linalg.norm(vel * frames * to_256, axis=1)
         # unless it moved as the camera did: the motion most tracks found agree on (a sudden turn or bump moves
         # every point far from its own prior)
-        camera = camera_motion(here[visible], ends[visible])
-
-        def jumped(found, i):
+        def jumped(found, i, camera):
             return ((np.linalg.norm((found - prior[i]) * to_256, axis=1) > limit[i])
                     & (np.linalg.norm((found - camera(here[i])) * to_256, axis=1) > CAMERA_TOLERANCE))
 
-        visible &= ~(moving & jumped(ends, np.arange(n)))
+        visible &= ~(moving & jumped(ends, np.arange(n), camera_motion(here[visible], ends[visible])))
         for i, t in enumerate(tracks):
             t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
         # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
@@ -238,7 +238,11 @@ class TrackingPipeline:
             likeness = self.engine.appearance(images, anchor_pts[lost], newer, res.points, source[lost])
             if self.trace.min_appearance > 0:
                 res.visible &= likeness >= self.trace.min_appearance
-            far = jumped(res.points, np.array(lost))
+            # the camera's motion as every point found tells (after a bump most are found by these chained traces)
+            seen = np.array(lost)[res.visible]
+            camera = camera_motion(np.vstack([here[visible], here[seen]]),
+                                   np.vstack([ends[visible], res.points[res.visible]]))
+            far = jumped(res.points, np.array(lost), camera)
             for j, i in enumerate(lost):
                 if not res.visible[j] or far[j]:
                     continue
