@@ -170,6 +170,12 @@ def test_engine_and_track_pair_on_a_diffusion_model(folders, family, tmp_path):
     q = np.array([[40.0, 50.0], [120.0, 80.0], [150.0, 30.0]])
     res = engine.track(f1, f2, q)
     assert res.points.shape == (3, 2) and res.visible.shape == (3,) and np.isfinite(res.points).all()
+    # anchored tracking's call at default settings: a first image per query and the backward check (the backward
+    # trace has one source and a target per point)
+    default = load_engine(Options(model=spec(folders, family)))
+    assert default.cfg.fb_threshold > 0
+    anchored = default.track([f1, f2], f2, q, source=[0, 1, 0])
+    assert np.isfinite(anchored.points).all() and np.isfinite(anchored.fb_error).all()
     write_pair(tmp_path, q)
     proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "track-pair", str(tmp_path / "f1.png"),
                            str(tmp_path / "f2.png"), str(tmp_path / "q.json"), str(tmp_path / "out.json"),
@@ -235,8 +241,9 @@ def test_real_sizes_are_refused_on_the_cpu_unless_forced():
 def test_node_runs_a_diffusion_model(folders, family, tmp_path, ros_env):
     from rosutil import Harness, domain_id, node_log, start_node, stop_node
 
+    # default tracking settings (anchored, the backward check): they used to fail for the diffusion models
     proc = start_node(tmp_path, ros_env, {"model_path": spec(folders, family, samples=1), "num_points": 6,
-                                          "fb_threshold": 0.0})
+                                          "masks": 0, "scales": 0})
     h = Harness(domain_id(ros_env))
     big = textured()
     try:

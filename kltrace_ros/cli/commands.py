@@ -369,12 +369,12 @@ def _add_bench(sub) -> None:
                                      "(the LRAS tracing path on the published layout, random weights), node (a soak "
                                      "under a camera), bags (kltrace bags one by one vs on Ray)")
     p.add_argument("what", choices=("lras", "tracing", "lras-tracing", "node", "bags"))
-    p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny", help="lras: random model size")
+    p.add_argument("--size", choices=tuple(bench.SIZES), default="tiny",
+                   help="lras, lras-tracing: random model size (tiny: the 7B vocabulary and layout at 2 layers x 64)")
     p.add_argument("--prefix", type=int, default=1024, help="lras: prefill tokens")
     p.add_argument("--suffix", type=int, default=256, help="lras: extend tokens per continuation")
     p.add_argument("--batch", type=int, default=8, help="lras: continuations per extend")
     p.add_argument("--points", type=int, default=64, help="tracing, lras-tracing: query points per pair")
-    p.add_argument("--window", type=int, default=None, help="lras-tracing: search window (patches a side)")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--masks", type=int, default=None)
     p.add_argument("--scales", type=int, default=None)
@@ -408,7 +408,7 @@ def _run_bench(args) -> int:
     elif args.what == "lras":
         res = bench.bench_lras(args.size, args.prefix, args.suffix, args.batch, dev)
     elif args.what == "lras-tracing":
-        res = bench.bench_lras_tracing(args.size, args.points, dev, args.window)
+        res = bench.bench_lras_tracing(args.size, args.points, dev, args.masks)
     else:
         res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
     print(json.dumps(res, indent=1))

@@ -12,16 +12,15 @@ import torch
 from kltrace_ros.io.images import skimage_photo
 from kltrace_ros.models.lras.layout import Layout
 from kltrace_ros.models.lras.network import LRAS
-from kltrace_ros.models.lras.predictor import LRASPredictor, count_tokens
+from kltrace_ros.models.lras.predictor import LRASPredictor
 from kltrace_ros.models.lras.tokenizer import LPQ
-from kltrace_ros.tracing.engine import default_scales
-from kltrace_ros.tracing.ops import add_tracer, reveal_mask
+from kltrace_ros.tracing.engine import Engine, TraceConfig, default_scales
 from kltrace_ros.tracking.builder import Options, load_engine
 
 from .baselines import BASELINES
 
 SIZES = {  # name: (n_layer, n_head, n_embd, vocab_size, block_size)
-    "tiny": (2, 4, 128, 2048 + 2 * 1024, 10240),
+    "tiny": (2, 2, 64, 65536 + 2 * 1024, 10240),   # the 7B vocabulary and layout at 2 layers x 64
     "small": (6, 8, 512, 65536 + 2 * 1024, 10240),
     "1b": (36, 20, 1280, 111616, 22536),
     "7b": (32, 32, 4096, 67584, 10240),
@@ -71,47 +70,71 @@ def bench_lras(size="tiny", prefix=1024, suffix=256, batch=8, device="cpu", repe
             "peak_memory_MB": _peak_mb(device)}
 
 
-def bench_lras_tracing(size="tiny", points=16, device="cpu", window: int | None = None, group: int = 16) -> dict:
-    """Traced points/s of the LRAS path on the published layout (256x256 frame, 1024 patches, 10% revealed) with
-    a random model of ``size`` (bf16 on CUDA) and a random full-size LPQ: one scale, one mask, ``points``
-    tracers in groups of ``group`` (shared prefix), the pointer block cut to a ``window`` x ``window`` patch
-    search window around the first point when given. Tokens are counted as they run."""
+def random_lras(size: str = "tiny", device="cpu", image_size: int = 256, seed: int = 0, std: float | None = None,
+                bits: int | None = None) -> LRASPredictor:
+    """An LRAS predictor in the published layout (5-token patches of 2x2 codes, 8-px patches, pointer and position
+    ranges from the vocabulary) with random weights of ``size`` (bf16 on CUDA, as the published model runs): the
+    real sizes for ``1b``/``7b`` with a full LPQ, a 2-layer 64-wide transformer with the 7B vocabulary and a narrow
+    LPQ for ``tiny``. ``bits``: a smaller code vocabulary (tests). ``std``: weights drawn N(0, std) (a random init
+    whose tracer signal stands out of float noise)."""
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_layer, n_head, n_embd, vocab, block = SIZES[size]
-    n_codes = vocab - 2 * 1024
-    bits = int(np.log2(n_codes))
+    grid = image_size // 8
+    if bits is None:
+        bits = int(np.log2(vocab - 2 * grid * grid))
+    else:
+        vocab = 2 ** bits + 2 * grid * grid
+    gen = torch.manual_seed(seed)
     with torch.device(device):
-        lpq = LPQ(LPQ.default_arch(bits=bits) if size != "tiny" else
+        lpq = LPQ(LPQ.default_arch(bits=bits) if size in ("1b", "7b") else
                   LPQ.default_arch(channels=16, bits=bits, widths=(16, 8, 4), blocks=1)).eval()
+        lay = Layout(n_codes=2 ** bits, grid=grid, patch=2)
         lras = LRAS({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "vocab_size": vocab,
-                     "block_size": block}).to(dtype).eval()
-    pred = LRASPredictor(lras, lpq, device, image_size=256, reveal=0.1, group=group)
-    g = torch.Generator().manual_seed(0)
-    clean, target = torch.rand(1, 3, 256, 256, generator=g), torch.rand(1, 3, 256, 256, generator=g)
-    q = torch.rand(points, 2, generator=g) * 192 + 32
-    traced = add_tracer(clean.expand(points, -1, -1, -1), q, pred.tracer_sigma)
-    mask = reveal_mask(32, 32, pred.reveal, g)
-    win = None
-    if window:
-        c = (q[0] / 8).long().clamp(window // 2, 32 - window // 2)
-        win = torch.zeros(32, 32, dtype=torch.bool)
-        win[c[1] - window // 2:c[1] - window // 2 + window, c[0] - window // 2:c[0] - window // 2 + window] = True
+                     "block_size": max(block, 2 * lay.tokens_per_patch * lay.n_patches)}).eval()
+    for prm in lpq.quantizer.project_in.parameters():   # codes that differ between nearby cells
+        prm.data.normal_(0, 1.0, generator=gen)
+    if std is not None:
+        for prm in lras.parameters():
+            prm.data.normal_(0, std, generator=gen)
+    return LRASPredictor(lras.to(dtype), lpq, device, image_size=image_size)
+
+
+def bench_lras_tracing(size="tiny", points=64, device="cpu", masks: int | None = None) -> dict:
+    """Tokens per traced point and seconds per pair of the LRAS path through the engine at default settings (all
+    scales, masks, the backward check), on the published layout with a random model of ``size``: one 320x240 pair
+    traced from one image (``shared``) and from four anchor images (``anchored``, per-query sources as anchored
+    tracking runs it). ``naive`` is what the paper's procedure (a full clean and a full traced pass per point, mask
+    and scale) runs for the same maps."""
+    pred = random_lras(size, device)
+    eng = Engine(pred, TraceConfig(masks=masks))
+    img = cv2.resize(skimage_photo("astronaut.png"), (320, 240), interpolation=cv2.INTER_AREA)
+    f2 = np.roll(img, 6, axis=1)
+    anchors = [img, np.roll(img, 2, axis=0), np.roll(img, 3, axis=1), np.roll(img, -2, axis=0)]
+    q = np.random.default_rng(0).uniform([20, 20], [300, 220], (points, 2))
+    device = pred.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    pred.traced_kl(clean, traced[:2], target, mask, window=win)   # warm-up
-    pred.tokens = {"naive": 0, "cached": 0}
-    sync()
-    t0 = time.perf_counter()
-    pred.traced_kl(clean, traced, target, mask, window=win)
-    sync()
-    dt = time.perf_counter() - t0
-    naive = count_tokens(pred.layout, pred.reveal, points).naive
-    return {"size": size, "params_M": sum(p.numel() for p in lras.parameters()) / 1e6, "device": str(device),
-            "dtype": str(dtype).replace("torch.", ""), "machine": machine(), "points": points, "window": window,
-            "seconds": dt, "points_per_s": points / dt, "tokens_per_point": pred.tokens["cached"] / points,
-            "token_reduction_vs_naive": naive / max(pred.tokens["cached"], 1), "peak_memory_MB": _peak_mb(device)}
+    out = {"size": size, "params_M": sum(p.numel() for p in pred.lras.parameters()) / 1e6, "device": str(device),
+           "dtype": str(pred.lras.lm_head.weight.dtype).replace("torch.", ""), "machine": machine(),
+           "points": points, "settings": {"masks": eng.cfg.masks or pred.masks, "scales": default_scales(pred),
+                                          "fb_check": eng.cfg.fb_threshold > 0}}
+    eng.track(img, f2, q[:2])   # warm-up
+    for name, run in (("shared", lambda: eng.track(img, f2, q)),
+                      ("anchored", lambda: eng.track(anchors, f2, q, source=np.arange(points) % len(anchors)))):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        pred.tokens = {"naive": 0, "run": 0}
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        dt = time.perf_counter() - t0
+        out[name] = {"seconds_per_pair": dt, "points_per_s": points / dt,
+                     "tokens_per_point": pred.tokens["run"] / points,
+                     "naive_tokens_per_point": pred.tokens["naive"] / points,
+                     "fewer_than_naive": pred.tokens["naive"] / max(pred.tokens["run"], 1),
+                     "peak_memory_MB": _peak_mb(device)}
+    return out
 
 
 def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=5) -> dict:
@@ -140,8 +163,4 @@ def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, 
         out[name] = {"seconds_per_pair": dt, "pairs_per_s": 1 / dt, "points_per_s": points / dt,
                      "median_error_px": float(np.median(np.linalg.norm(pts - (q + shift), axis=1)))}
     out["kl_slower_than"] = {b: out["kl"]["seconds_per_pair"] / out[b]["seconds_per_pair"] for b in ("lk", "dis")}
-    tc = count_tokens(Layout(), reveal=0.1, points=points, group=16)
-    naive, cached = tc.per_point(points)
-    out.update({"lras7b_tokens_per_point_naive": naive, "lras7b_tokens_per_point_cached": cached,
-                "lras7b_token_reduction": naive / cached})
     return out

@@ -27,14 +27,34 @@ def _motion(cfg: dict, state: dict, path, device, quantizer_path) -> MotionPredi
 FAMILIES = {"MotionLRAS": _motion}   # cfg['model_class'] -> builder(cfg, state, path, device, quantizer_path)
 
 
-def resolve_device(name: str | None = "auto") -> torch.device:
-    """'auto' -> cuda when present, else cpu; 'cuda' without CUDA falls back to cpu with a warning."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn("device 'cuda' requested but CUDA is not available: running on the CPU")
-        return torch.device("cpu")
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str | None = "auto", explain=None) -> torch.device:
+    """The torch device for a user's ``device`` setting: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda``,
+    ``cuda:N``. Anything else is refused with the choices (``gpu`` used to crash inside torch at start-up). CUDA
+    asked for but absent falls back to the CPU. ``explain(message, fallback)`` is told what was chosen and why
+    (without it a fallback is a Python warning)."""
+    name = "auto" if name in (None, "") else str(name).strip().lower()
+    head, _, index = name.partition(":")
+    if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
+        raise ValueError(f"device {name!r} is not one of {DEVICES} (e.g. device:=cuda or --device cuda:0)")
+    have = torch.cuda.is_available()
+    count = torch.cuda.device_count() if have else 0
+    if head == "auto":
+        dev = torch.device("cuda" if have else "cpu")
+        why = (f"device auto: {torch.cuda.get_device_name(0)} found, running on cuda (bf16)" if have else
+               "device auto: no CUDA device visible to torch (CPU build or no driver), running on the CPU")
+    elif head == "cuda" and not have:
+        dev, why = torch.device("cpu"), f"device {name!r} requested but CUDA is not available: running on the CPU"
+        if explain is None:
+            warnings.warn(why)
+    elif head == "cuda" and index and int(index) >= count:
+        raise ValueError(f"device {name!r}: only {count} CUDA device(s) are visible (cuda:0 .. cuda:{count - 1})")
+    else:
+        dev, why = torch.device(name), f"device {name}"
+    if explain:
+        explain(why, head == "cuda" and not have)
     return dev
 
 

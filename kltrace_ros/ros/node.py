@@ -61,7 +61,8 @@ class Param:
 PARAMETERS = {
     "inputs": Param(["image"], "image topics (relative; remap them); outputs are namespaced per input when several"),
     "compressed": Param(False, "subscribe to <input>/compressed (sensor_msgs/CompressedImage)"),
-    "device": Param("auto", "auto | cpu | cuda (bf16 on cuda; CPU fallback with a warning)"),
+    "device": Param("auto", "auto | cpu | cuda | cuda:N (bf16 on cuda; CPU fallback when CUDA is absent; anything "
+                            "else is refused at start-up)"),
     "model_path": Param("", "model file; empty = the embedded default model"),
     "quantizer_path": Param("", "LPQ file to pair with a published LRAS model_path"),
     "threads": Param(0, "torch CPU threads (0 = all cores)", range=(0, 256)),
@@ -177,9 +178,9 @@ class KLTraceNode(Node):
         p = self.params
         if p["threads"] > 0:
             torch.set_num_threads(p["threads"])
-        self.device = resolve_device(p["device"])
-        if p["device"] == "cuda" and self.device.type == "cpu":
-            self.get_logger().warning("device 'cuda' requested but CUDA is not available: running on the CPU")
+        log = self.get_logger()
+        self.device = resolve_device(p["device"], explain=lambda why, fallback: (log.warning if fallback else
+                                                                                  log.info)(why))
         self.engine = load_engine(options(p).with_(device=str(self.device)))
         self.seconds_per_pass = 0.0           # measured by the worker: seconds per point-pass (0: not yet)
         over = self._over_budget(p)

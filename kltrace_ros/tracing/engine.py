@@ -10,7 +10,8 @@ For each query point q in frame 1:
     average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
   the new e is that peak, mapped back; visible = peak D >= occlusion threshold, e inside frame 2,
   and (forward-backward check) e traced back into frame 1 lands within fb_threshold of q.
-The clean pass of a (window, mask) is computed once and shared by every point that uses it.
+The clean pass of a (window, mask) is computed once and shared by every point that uses it (predictors with
+``kl_maps`` take every mask of a scale in one call and share what they can across points and variants).
 """
 from __future__ import annotations
 
@@ -325,13 +326,14 @@ class Engine:
                 raise Cancelled()
             masks = torch.stack([reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
                                  for _ in range(cfg.masks or getattr(p, "masks", 1))])       # K,g,g
-            total = self._maps(src_w, traced, tgt_w, masks, cfg.method, cancel).cpu().sum(1)
+            # refinement scales search near the previous estimate only (a predictor that can stop where the
+            # search stops, ``window_maps``, computes nothing outside: its map is 0 there)
+            region = central_region(g, cfg.zoom_search) if not whole and k > 0 and cfg.zoom_search < 1 else None
+            total = self._maps(src_w, traced, tgt_w, masks, cfg.method, cancel, region).cpu().sum(1)
             count = (~masks).flatten(1).sum(0, keepdim=True).float()
             d = (total / count.clamp(min=1)).view(n, g, g)
             d = torch.where(count.view(1, g, g) > 0, d, torch.zeros_like(d))
-            search = d
-            if not whole and k > 0 and cfg.zoom_search < 1:  # refine near the previous estimate only
-                search = torch.where(central_region(g, cfg.zoom_search), d, torch.zeros_like(d))
+            search = d if region is None else torch.where(region, d, torch.zeros_like(d))
             if k == 0 and reach > 0:   # the first scale: no farther than ``reach`` from where the search starts
                 cells = ((torch.arange(g, dtype=torch.float32) + 0.5) * patch - w / 2) / scale   # cell centres
                 dx = cells.view(1, 1, g) + (tgt_c[:, 0] - est[:, 0]).view(-1, 1, 1)             # from the start
@@ -346,13 +348,15 @@ class Engine:
             crop *= shrink
         return est, peak, sharp, maps
 
-    def _maps(self, src_w, traced, tgt_w, masks, method: str, cancel=None):
+    def _maps(self, src_w, traced, tgt_w, masks, method: str, cancel=None, region=None):
         """Per-point maps (B, K, g*g) under each of the K reveal ``masks`` (K,g,g): KL or RGB difference at hidden
-        patches, 0 at revealed ones. A predictor with ``kl_maps`` does all masks in one call."""
+        patches, 0 at revealed ones. A predictor with ``kl_maps`` does all masks in one call; one with
+        ``window_maps`` is given the searched ``region`` (g,g) and may leave the map 0 outside it."""
         p = self.p
         n = traced.shape[0]
         if method == "kl" and hasattr(p, "kl_maps"):
-            return p.kl_maps(src_w.expand(n, -1, -1, -1), traced, tgt_w.expand(n, -1, -1, -1), masks)
+            extra = {"window": region} if region is not None and getattr(p, "window_maps", False) else {}
+            return p.kl_maps(src_w.expand(n, -1, -1, -1), traced, tgt_w.expand(n, -1, -1, -1), masks, **extra)
         out = torch.zeros(n, len(masks), masks[0].numel())
         for j, mask in enumerate(masks):
             if cancel is not None and cancel.is_set():
@@ -361,12 +365,13 @@ class Engine:
         return out
 
     def _map(self, src_w, traced, tgt_w, mask, method: str):
-        """Per-point maps (B, M) over hidden patches: KL or RGB difference."""
+        """Per-point maps (B, M) over hidden patches: KL or RGB difference. ``src_w`` and ``tgt_w``: one window
+        shared by all points or one per point (a shared source with a target per point, as in the backward check of
+        anchored tracking, makes a clean pass per target)."""
         p = self.p
-        shared = src_w.shape[0] == 1
+        if src_w.shape[0] == 1 and tgt_w.shape[0] > 1:
+            src_w = src_w.expand(tgt_w.shape[0], -1, -1, -1)
         if method == "kl":
-            if shared and tgt_w.shape[0] == 1 and hasattr(p, "traced_kl"):
-                return p.traced_kl(src_w, traced, tgt_w, mask)   # the predictor shares work across variants
             clean = p.log_probs(src_w, tgt_w, mask)
             pert = p.log_probs(traced, tgt_w, mask)
             return kl_map(clean, pert)

@@ -23,11 +23,15 @@ def add_tracer(windows: torch.Tensor, centres: torch.Tensor, sigma: float, ampli
     return (windows + amplitude * g.unsqueeze(1)).clamp(0, 1)
 
 
-def kl_map(logp_clean: torch.Tensor, logp_traced: torch.Tensor) -> torch.Tensor:
-    """KL(p_clean || p_traced) per patch: (B,M,V) log-probs -> (B,M), accumulated in fp32 over the vocabulary."""
-    lc = logp_clean.float().log_softmax(-1)
-    lt = logp_traced.float().log_softmax(-1)
-    return (lc.exp() * (lc - lt)).sum(-1).clamp(min=0)
+def kl_map(clean: torch.Tensor, traced: torch.Tensor) -> torch.Tensor:
+    """KL(p_clean || p_traced) per patch, in fp32: (1 or B, M, V) and (B, M, V) logits or log-probs -> (B, M).
+
+    Computed as sum p_c (c - t) + log sum exp(log p_c - (c - t)) (an offset per row cancels, so logits need no
+    normalising): one softmax of the clean rows, shared by every traced row, and a few passes per traced row."""
+    c = clean.float()
+    lpc = c.log_softmax(-1)
+    d = c - traced.float()
+    return (torch.linalg.vecdot(lpc.exp(), d) + torch.logsumexp(lpc - d, -1)).clamp(min=0)
 
 
 def refine_peak(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,7 @@ class Predictor(Protocol):
     # Optional: ``scales`` (int) fixes the default number of zoom scales; ``reach`` (float, working px) bounds
     # the first scale's search around its start (TraceConfig.reach); ``methods`` (tuple) and
     # ``default_method`` say which of "kl" / "rgb" a predictor offers (diffusion models: "rgb" only).
-    # Optional: ``traced_kl(clean (1,3,w,w), traced (B,3,w,w), target (1,3,w,w), reveal)`` -> KL maps
-    # (B, M) lets a predictor share work between the clean pass and the tracer variants
-    # (LRASPredictor prefills their common prefix once); the engine uses it when present.
+    # Optional: ``kl_maps(sources (B,3,w,w), traced (B,3,w,w), targets (B,3,w,w), reveals (K,g,g))`` -> KL maps
+    # (B, K, g*g) of every mask at once (0 at revealed patches) lets a predictor share work between points,
+    # masks, the clean pass and the tracer variants (rows may be expanded views of one window); the engine uses
+    # it when present (MotionPredictor, LRASPredictor).

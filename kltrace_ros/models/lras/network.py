@@ -9,7 +9,6 @@ Sizes come from the checkpoint's ``cfg`` (``n_layer``, ``n_head``, ``n_embd``,
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +29,8 @@ class LayerNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
+    def forward(self, x):   # in the input's dtype: the fp32 residual stream of a bf16 model stays fp32
+        return F.layer_norm(x, self.weight.shape, self.weight.to(x.dtype), None, 1e-5)
 
 
 class Attention(nn.Module):
@@ -58,24 +57,19 @@ class Attention(nn.Module):
         return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True)), (k, v)
 
     def forward_on_prefix(self, x, prefix_kv):
-        """Causal attention of new tokens over a shared prefix (batch 1, broadcast) and themselves.
+        """Causal attention of new tokens over a shared prefix (batch 1) and themselves.
 
-        The prefix keys/values are never expanded to the batch: scores against them are a
-        broadcast matmul, and the two parts are merged with a joint (max-shifted) softmax.
+        One ``scaled_dot_product_attention`` over the prefix's and the new tokens' keys with a boolean mask (all of
+        the prefix, causal among the new tokens), so PyTorch picks a memory-efficient kernel and never keeps a
+        B x H x Te x Tp score tensor (at the 7B layout that was tens of GB at an extend batch of 8).
         """
         q, k, v = self.qkv(x)
         pk, pv = prefix_kv
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        s_prefix = torch.matmul(q, pk.transpose(-2, -1)).float() * scale            # B,H,Te,Tp
-        s_self = torch.matmul(q, k.transpose(-2, -1)).float() * scale               # B,H,Te,Te
-        te = q.shape[2]
-        causal = torch.ones(te, te, dtype=torch.bool, device=x.device).tril()
-        s_self = s_self.masked_fill(~causal, float("-inf"))
-        m = torch.maximum(s_prefix.amax(-1, keepdim=True), s_self.amax(-1, keepdim=True))
-        p_prefix, p_self = (s_prefix - m).exp(), (s_self - m).exp()
-        denom = p_prefix.sum(-1, keepdim=True) + p_self.sum(-1, keepdim=True)
-        y = (torch.matmul(p_prefix.to(pv.dtype), pv).float() + torch.matmul(p_self.to(v.dtype), v).float()) / denom
-        return self.merge(y.to(x.dtype))
+        b, tp, te = q.shape[0], pk.shape[2], q.shape[2]
+        k = torch.cat([pk.expand(b, -1, -1, -1).to(k.dtype), k], 2)
+        v = torch.cat([pv.expand(b, -1, -1, -1).to(v.dtype), v], 2)
+        mask = torch.ones(te, tp + te, dtype=torch.bool, device=x.device).tril(tp)
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
 class MLP(nn.Module):
@@ -153,26 +147,34 @@ class LRAS(nn.Module):
 
     # -------------------------------------------------------------- forward
     def _embed(self, tokens, positions):
+        """Token + position embeddings, in float32: the residual stream stays fp32 under bf16 autocast (only the
+        matmuls run in bf16), so a tracer's small change of it is not rounded away."""
         vocab, block = self.cfg["vocab_size"], self.cfg["block_size"]
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
             raise ValueError(f"token id out of range [0, {vocab})")
         if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= block):
             raise ValueError(f"position id out of range [0, {block})")
         te = self.transformer
-        return te.token_embedding(tokens) + te.positional_embedding(positions)
+        return te.token_embedding(tokens).float() + te.positional_embedding(positions).float()
 
-    def _head(self, x, logits_for):
-        x = self.transformer.ln_f(x)
+    def _head(self, x, logits_for, head: bool = True):
+        """Logits (or, with ``head=False``, the final normalised hidden states) at ``logits_for``, in float32
+        whatever the weights' dtype: with bf16 logits the KL between a clean and a traced distribution drowns in
+        rounding (52% of the map's maximum on a tiny model). Only the pointer rows reach the head."""
         if logits_for is not None:
             x = x[:, logits_for]
-        return self.lm_head(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), x.shape[-1:], self.transformer.ln_f.weight.float(), None, 1e-5)
+            return F.linear(x, self.lm_head.weight.float()) if head else x
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, logits_for=None) -> torch.Tensor:
-        """Logits (B, T, V) for every position, or only at ``logits_for`` (index tensor or slice)."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, logits_for=None, head: bool = True
+                ) -> torch.Tensor:
+        """Logits (B, T, V) for every position, or only at ``logits_for`` (index tensor or slice); ``head=False``:
+        the hidden states (B, T, d) the head would take (see ``_head``). ``positions``: (T,) or (B, T)."""
         x = self._embed(tokens, positions.expand_as(tokens))
         for block in self.transformer.h:
             x, _ = block(x)
-        return self._head(x, logits_for)
+        return self._head(x, logits_for, head)
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor) -> KVCache:
@@ -187,12 +189,14 @@ class LRAS(nn.Module):
         return KVCache(layers, tokens.shape[1])
 
     @torch.no_grad()
-    def extend(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, logits_for=None) -> torch.Tensor:
-        """Logits for a batch (B, Te) of continuations of the cached prefix (the cache is shared)."""
+    def extend(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, logits_for=None,
+               head: bool = True) -> torch.Tensor:
+        """Logits for a batch (B, Te) of continuations of the cached prefix (the cache is shared); ``positions``
+        (Te,) or (B, Te); ``head`` as in ``forward``."""
         x = self._embed(tokens, positions.expand_as(tokens))
         for block, kv in zip(self.transformer.h, cache.layers):
             x = block.forward_on_prefix(x, kv)
-        return self._head(x, logits_for)
+        return self._head(x, logits_for, head)
 
 
 def check_memory(need_bytes: int, device: torch.device, path) -> None:

@@ -2,41 +2,30 @@
 
 Sequence (``Layout``): frame-0 patches in a seeded random ``order``, the revealed frame-1 patches, then the
 pointer block of every hidden frame-1 patch; the logits at the pointers are the distribution of
-each hidden patch's first code. For a batch of tracer variants of one clean source, the
+each hidden patch's first code. For a group of tracer variants of one clean source, the
 frame-0 patches whose codes differ from the clean source in *any* variant ("touched") are
-moved to the end of frame 0 (keeping the permutation's order otherwise); the clean pass uses
-the same order (``traced_log_probs``). The untouched prefix is identical for every variant and for the clean pass:
-it is prefilled once and each variant's suffix (touched patches + revealed + pointers) runs
-with ``extend`` in one batch. Exact: the same logits as full passes in that order.
+moved to the end of frame 0 (keeping the permutation's order otherwise); the clean passes use
+the same order. The untouched prefix is identical for every variant, the clean pass, every reveal mask and every
+target: it is prefilled once and each row's suffix (touched patches + revealed + pointers) runs with ``extend``
+in batches (``kl_maps``). Exact: the same logits as full passes in that order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 
 import torch
-
-from kltrace_ros.tracing.ops import kl_map
 
 from .layout import Layout, split_mask
 from .network import LRAS
 from .tokenizer import LPQ
 
 
-@dataclass
-class TokenCount:
-    """Transformer tokens processed for one (pair, mask, scale) and ``points`` traced points."""
-    naive: int       # per point: a full clean pass and a full traced pass
-    cached: int      # shared prefix once + suffixes of the clean pass and every variant
-
-    def per_point(self, points: int) -> tuple[float, float]:
-        return self.naive / points, self.cached / points
-
-
 class LRASPredictor:
     name = "LRAS"
+    window_maps = True   # kl_maps(window=...) computes only the searched patches (the engine's zoom scales)
 
     def __init__(self, lras: LRAS, lpq: LPQ, device="cpu", image_size: int = 256, reveal: float = 0.1,
-                 seed: int = 0, extend_batch: int = 8, group: int = 16):
+                 seed: int = 0, extend_batch: int | None = None, group: int = 16):
         self.lras, self.lpq = lras, lpq
         self.device = torch.device(device)
         self.image_size = self.window = image_size
@@ -46,127 +35,304 @@ class LRASPredictor:
         self.reveal, self.tracer_sigma = reveal, 2.0
         self.first_crop, self.shrink, self.masks = image_size, 0.75, 2
         self.seed = seed
-        self.extend_batch = extend_batch
-        self.group = group
+        self.extend_batch = extend_batch   # rows per model call; None: sized from free device memory
+        self.group = group                 # variants of one source sharing a touched-last order and its prefix
         self.occlusion_threshold: dict = {}
-        self.tokens = {"naive": 0, "cached": 0}
+        # transformer tokens: "run" what ran; "naive" what the paper's procedure (a full clean and a full traced
+        # pass per point and mask) would have run for the same maps
+        self.tokens = {"naive": 0, "run": 0}
 
     @classmethod
     def from_checkpoints(cls, predictor_path, quantizer_path, device="cpu", **kw) -> "LRASPredictor":
         device = torch.device(device)
         lras = LRAS.from_checkpoint(predictor_path, device=device)
         lpq = LPQ.from_checkpoint(quantizer_path, device=device, dtype=torch.float32)  # LPQ stays fp32, as upstream
-        return cls(lras, lpq, device, **kw)
+        pred = cls(lras, lpq, device, **kw)
+        plan = pred.memory_plan()
+        if plan["free"] is not None and plan["one_row"] > plan["free"]:
+            raise MemoryError(f"{predictor_path}: tracing needs {plan['one_row'] / 2**30:.1f} GiB beside the weights "
+                              f"on {device} (prefix cache, fp32 head, one sequence), only "
+                              f"{plan['free'] / 2**30:.1f} GiB are free: use a device with more memory")
+        return pred
+
+    # ------------------------------------------------------------ memory
+    def _row_bytes(self, length: int, pointers: int) -> int:
+        """Transient bytes of one sequence row in a model call: keys/values of one layer over the whole
+        sequence, the layer's activations, and the fp32 logits of the pointer rows (with log-softmax and KL)."""
+        cfg = self.lras.cfg
+        d, vocab = int(cfg["n_embd"]), int(cfg["vocab_size"])
+        item = self.lras.lm_head.weight.element_size()
+        return 2 * length * d * item + length * d * (4 + 12 * item) + 3 * pointers * vocab * 4
+
+    def _fixed_bytes(self, prefix: int) -> int:
+        """Bytes held during a call whatever the batch: the prefix's keys/values and the fp32 head."""
+        cfg = self.lras.cfg
+        d, vocab = int(cfg["n_embd"]), int(cfg["vocab_size"])
+        return 2 * int(cfg["n_layer"]) * prefix * d * self.lras.lm_head.weight.element_size() + vocab * d * 4
+
+    def _free_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return None
+
+    def memory_plan(self) -> dict:
+        """Bytes a whole-frame call needs beside the weights at batch 1 (``one_row``) and per further row, and the
+        free device memory (None on the CPU: the batch is ``extend_batch`` or 8 there)."""
+        lay = self.layout
+        full = lay.tokens_per_patch * (lay.n_patches + round(self.reveal * lay.n_patches)) + lay.n_patches
+        row = self._row_bytes(full, lay.n_patches)
+        return {"one_row": self._fixed_bytes(lay.tokens_per_patch * lay.n_patches) + row, "per_row": row,
+                "free": self._free_bytes()}
+
+    def _batch(self, length: int, pointers: int, prefix: int) -> int:
+        """Rows per model call: ``extend_batch`` when set, else as many as half the free device memory holds."""
+        if self.extend_batch:
+            return self.extend_batch
+        free = self._free_bytes()
+        if free is None:
+            return 8
+        room = 0.5 * free - self._fixed_bytes(prefix)
+        return int(max(1, min(64, room // self._row_bytes(length, pointers))))
 
     # ------------------------------------------------------------ orders
     def _orders(self, reveal: torch.Tensor):
+        """Frame-0 order (the same for every mask: one seed), revealed and hidden frame-1 patches of ``reveal``."""
         g = torch.Generator().manual_seed(self.seed)
         src_perm = torch.randperm(self.layout.n_patches, generator=g)
         revealed, hidden = split_mask(reveal.cpu(), g)
         return src_perm, revealed, hidden
 
     def _autocast(self):
-        """bf16 matmuls when the weights are bf16 (as upstream runs the 7B), a no-op in fp32."""
+        """bf16 matmuls when the weights are bf16 (as upstream runs the 7B), a no-op in fp32. The residual stream,
+        the head and everything after it stay fp32 (``LRAS._embed`` / ``_head``)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.lras.lm_head.weight.dtype == torch.bfloat16)
 
+    def _codes(self, images):
+        return self.layout.patchify(self.lpq.encode(images.to(self.device)))
+
+    def _pair(self, sources, targets):
+        """Patch codes of sources and targets, one shared or one per row either way."""
+        src, tgt = self._codes(sources), self._codes(targets)
+        if not (src.shape[0] == tgt.shape[0] or 1 in (src.shape[0], tgt.shape[0])):
+            raise ValueError(f"{src.shape[0]} sources and {tgt.shape[0]} targets: give one shared frame or one per "
+                             f"row on either side")
+        b = max(src.shape[0], tgt.shape[0])
+        return src.expand(b, -1, -1), tgt.expand(b, -1, -1)
+
+    def _rows(self, src, tgt, order, revealed, hidden):
+        """Tokens (B, T) and positions (T,) of two-frame sequences from patch codes (B, n, 4)."""
+        lay = self.layout
+        t0, p0 = lay.frame_tokens(src, order, 0)
+        t1, p1 = lay.frame_tokens(tgt, revealed, 1)
+        tp, pp = lay.pointer_block(hidden.to(self.device))
+        tok = torch.cat([t0, t1, tp.view(1, -1).expand(t0.shape[0], -1)], 1)
+        return tok, torch.cat([p0, p1, pp])
+
     def _hidden_logits(self, tokens, positions, n_hidden):
         with self._autocast():
-            return self.lras(tokens, positions, logits_for=slice(tokens.shape[1] - n_hidden, None)).float()
-
-    def _sequence(self, src, tgt, order, revealed, hidden):
-        d = self.device
-        return self.layout.two_frame_sequence(src, tgt, order.to(d), revealed.to(d), hidden.to(d))
-
-    def _full_passes(self, src, tgt, order, revealed, hidden):
-        """One full forward pass per source (the paper's procedure); logits (B, M, V) in pointer order."""
-        out = []
-        for i in range(src.shape[0]):
-            tok, pos, _ = self._sequence(src[i:i + 1], tgt[i:i + 1] if tgt.shape[0] > 1 else tgt, order, revealed,
-                                         hidden)
-            self.tokens["naive"] += tok.shape[1]
-            out.append(self._hidden_logits(tok, pos, len(hidden)))
-        return torch.cat(out)
+            return self.lras(tokens, positions, logits_for=slice(tokens.shape[1] - n_hidden, None))
 
     @torch.no_grad()
     def log_probs(self, sources, targets, reveal):
-        src = self.lpq.encode(sources.to(self.device))
-        tgt = self.lpq.encode(targets.to(self.device))
-        if tgt.shape[0] != 1 and tgt.shape[0] != src.shape[0]:
-            raise ValueError("targets must be one shared frame or one per source")
+        """Log-probs (B, M, V) of the hidden patches (raster order): one full forward pass per row (the paper's
+        procedure; ``kl_maps`` is what tracing runs)."""
+        src, tgt = self._pair(sources, targets)
         perm, revealed, hidden = self._orders(reveal)
-        return self._full_passes(src, tgt, perm, revealed, hidden)[:, torch.argsort(hidden)].log_softmax(-1)
-
-    @torch.no_grad()
-    def traced_log_probs(self, clean, traced, targets, reveal, cached: bool = True, window=None):
-        """(clean (1,M,V), traced (B,M,V)) log-probs, both in the touched-last order of this batch.
-
-        ``cached``: prefill the untouched prefix once and ``extend`` the clean suffix and every
-        variant's suffix in batches; otherwise one full pass per source in the same order (the
-        naive reference, for tests).
-
-        ``window`` ((g, g) bool over patches, or None): the search window. The pointer block then starts
-        with the hidden patches inside it (in the permuted order) and, when cached, stops there: the
-        pointers outside are never computed (causal attention: the ones computed do not depend on them).
-        M is then the number of hidden patches in the window (raster order among them).
-        """
-        ref = self.lpq.encode(clean.to(self.device))
-        var = self.lpq.encode(traced.to(self.device))
-        tgt = self.lpq.encode(targets.to(self.device))
-        if tgt.shape[0] != 1:
-            raise ValueError("traced_log_probs needs one shared target frame")
-        perm, revealed, hidden = self._orders(reveal)
-        lay = self.layout
-        n_out = len(hidden)
-        if window is not None:
-            inside = window.flatten().cpu()[hidden]
-            hidden = torch.cat([hidden[inside], hidden[~inside]])
-            n_out = int(inside.sum())
-        touched = (lay.patchify(var) != lay.patchify(ref)).any(-1).any(0).cpu()
-        order = torch.cat([perm[~touched[perm]], perm[touched[perm]]])
-        allsrc = torch.cat([ref, var])
-        raster = torch.argsort(hidden[:n_out])
-        if not cached:
-            lp = self._full_passes(allsrc, tgt, order, revealed, hidden)[:, :n_out][:, raster].log_softmax(-1)
-            return lp[:1], lp[1:]
-        hidden = hidden[:n_out]
-        split = lay.tokens_per_patch * int((~touched).sum())
-        tok, pos, _ = self._sequence(ref, tgt, order, revealed, hidden)
-        cache = self.lras.prefill(tok[:, :split], pos[:split])
-        self.tokens["cached"] += split
         out = []
-        for i in range(0, allsrc.shape[0], self.extend_batch):
-            t, _, _ = self._sequence(allsrc[i:i + self.extend_batch], tgt, order, revealed, hidden)
-            self.tokens["cached"] += t[:, split:].numel()
-            with self._autocast():
-                logits = self.lras.extend(cache, t[:, split:], pos[split:],
-                                          logits_for=slice(t.shape[1] - split - len(hidden), None)).float()
-            out.append(logits[:, raster])
-        lp = torch.cat(out).log_softmax(-1)
-        return lp[:1], lp[1:]
+        for i in range(src.shape[0]):
+            tok, pos = self._rows(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
+            self.tokens["run"] += tok.shape[1]
+            out.append(self._hidden_logits(tok, pos, len(hidden)))
+        return torch.cat(out)[:, torch.argsort(hidden)].log_softmax(-1)
 
+    # ------------------------------------------------------------ KL maps
     @torch.no_grad()
-    def traced_kl(self, clean, traced, targets, reveal, cached: bool = True, window=None):
-        """KL maps (B, M) for tracer variants, in groups of ``group`` points (each group its own
-        touched-last order and prefix), so memory stays bounded for a 67k-code vocabulary; ``window``: only
-        the hidden patches inside it (see ``traced_log_probs``)."""
-        maps = []
-        for i in range(0, traced.shape[0], self.group):
-            c, t = self.traced_log_probs(clean, traced[i:i + self.group], targets, reveal, cached, window)
-            maps.append(kl_map(c, t))
-        return torch.cat(maps)
+    def kl_maps(self, sources, traced, targets, reveals, cached: bool = True, window=None):
+        """KL(p_clean || p_traced) (B, K, n_patches) of every hidden target patch under each of K reveal masks
+        (``reveals`` (K,g,g), True = revealed; 0 at revealed patches and outside ``window``).
+
+        ``sources``, ``targets`` (B,3,w,w): each point's clean source and target window (rows may repeat:
+        expanded views or equal windows are found and run once); ``traced`` (B,3,w,w): the sources with the
+        tracers. This one routine serves every route of the engine: windows shared by all points (whole frame),
+        a window per point (zoom scales), a source image per query (anchored tracking) and a target per point
+        (the backward check).
+
+        ``cached`` (the default): the points of one clean source go in groups of ``group``; the frame-0 patches
+        any variant of the group touches are moved to the end of frame 0 (the permutation's order otherwise), so
+        that the untouched prefix is the same for the clean pass, every variant and every mask: it is prefilled
+        once, and each row's suffix (touched patches, revealed frame-1 patches, pointer block) is extended in
+        batches. ``cached=False``: the same sequences as full forward passes (the exact reference).
+
+        ``window`` ((g,g) bool or None): the search window. Its hidden patches go first in the pointer block (in
+        the permuted order) and, when cached, the block stops there (causal attention: the pointers computed
+        never see the ones dropped).
+        """
+        lay = self.layout
+        src_u, src_of = _distinct(sources)
+        tgt_u, tgt_of = _distinct(targets)
+        s_codes, t_codes, v_codes = self._codes(src_u), self._codes(tgt_u), self._codes(traced)
+        orders = [self._orders(m) for m in reveals]
+        if window is not None:
+            inside = window.flatten().cpu()
+            orders = [(o, r, torch.cat([h[inside[h]], h[~inside[h]]]), int(inside[h].sum())) for o, r, h in orders]
+        else:
+            orders = [(o, r, h, len(h)) for o, r, h in orders]
+        out = torch.zeros(traced.shape[0], len(reveals), lay.n_patches)
+        for s in range(len(src_u)):
+            for chunk in torch.nonzero(src_of == s).flatten().split(self.group):
+                self._group_maps(s_codes[s:s + 1], v_codes[chunk], t_codes, tgt_of[chunk], chunk, orders, cached, out)
+        return out
+
+    def _group_maps(self, clean, variants, targets, target_of, points, orders, cached: bool, out):
+        """KL maps of one group of ``points`` (their ``variants`` (c, n, 4) of one ``clean`` source (1, n, 4),
+        their targets ``targets[target_of]``) under every mask, written into ``out``."""
+        lay = self.layout
+        tpp = lay.tokens_per_patch
+        touched = (variants != clean).any(-1).any(0).cpu()
+        perm = orders[0][0]
+        order = torch.cat([perm[~touched[perm]], perm[touched[perm]]])
+        split = tpp * int((~touched).sum())
+        cached = cached and split > 0
+        head, head_pos = lay.frame_tokens(clean, order[:split // tpp], 0)
+        cache = None
+        if cached:
+            cache = self._call(lambda: self._prefill(head, head_pos), rows=1)
+            self.tokens["run"] += split
+        # rows: per mask, per distinct target: its clean pass, then the variants of the points that look there
+        rows = []
+        for k, (_, revealed, hidden, n_out) in enumerate(orders):
+            n_ptr = n_out if cached else len(hidden)
+            full = tpp * lay.n_patches + tpp * len(revealed) + len(hidden)
+            self.tokens["naive"] += 2 * full * len(points)
+            for t in target_of.unique().tolist():
+                mine = torch.nonzero(target_of == t).flatten()
+                srcs = torch.cat([clean, variants[mine]])
+                tok, pos = self._rows(srcs, targets[t:t + 1].expand(len(srcs), -1, -1), order[split // tpp:],
+                                      revealed, hidden[:n_ptr])
+                for r in range(len(srcs)):
+                    rows.append((tok[r], pos, k, t, None if r == 0 else int(points[mine[r - 1]]),
+                                 hidden[:n_out], n_ptr))
+        clean = {}
+        i = 0
+        while i < len(rows):
+            length = rows[i][0].shape[0] + (0 if cached else split)
+            b = self._batch(length, rows[i][6], split if cached else 0)
+            batch = [rows[i]]
+            while len(batch) < b and i + len(batch) < len(rows) and _same_shape(rows[i + len(batch)], rows[i]):
+                batch.append(rows[i + len(batch)])
+            tok = torch.stack([r[0] for r in batch])
+            pos = torch.stack([r[1] for r in batch])
+            n_ptr, n_out = batch[0][6], len(batch[0][5])
+            first = tok.shape[1] - n_ptr
+            if cached:
+                run = lambda: self._extend(cache, tok, pos, slice(first, first + n_out))  # noqa: E731
+            else:
+                tok = torch.cat([head.expand(len(batch), -1), tok], 1)
+                pos = torch.cat([head_pos.expand(len(batch), -1), pos], 1)
+                run = lambda: self._forward(tok, pos, slice(split + first, split + first + n_out))  # noqa: E731
+            try:
+                hid = self._call(run, rows=len(batch))   # (b, n_out, d): the head's input at the pointers
+            except _Retry:
+                continue
+            self.tokens["run"] += tok.numel()
+            keys = [(r[2], r[3]) for r in batch]
+            for r, row in enumerate(batch):
+                if row[4] is None:
+                    clean[keys[r]] = (hid[r], *self._softmax_stats(hid[r]))
+            for key in dict.fromkeys(keys):   # the variants of each (mask, target) against its clean row
+                rs = [r for r in range(len(batch)) if keys[r] == key and batch[r][4] is not None]
+                if rs:
+                    kl = self._kl(*clean[key], hid[rs]).cpu()
+                    for j, r in enumerate(rs):
+                        out[batch[r][4], key[0], batch[r][5].cpu()] = kl[j]
+            i += len(batch)
+
+    # ------------------------------------------------------------ the head and the KL
+    def _head_weight(self) -> torch.Tensor:
+        """The head's weight in fp32 (a copy kept while the weights are bf16)."""
+        w = self.lras.lm_head.weight
+        if w.dtype == torch.float32:
+            return w
+        if getattr(self, "_w32", None) is None or self._w32.device != w.device:
+            self._w32 = w.float()
+        return self._w32
+
+    def _head_chunks(self, h: torch.Tensor):
+        """Logits of the rows of ``h`` (R, d), a chunk of rows at a time (at most 64 MB of fp32 logits)."""
+        w = self._head_weight()
+        step = max(1, 2 ** 24 // w.shape[0])
+        for i in range(0, h.shape[0], step):
+            yield i, h[i:i + step] @ w.T
+
+    def _log_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """log sum exp of each row's logits (R,): the max (exact) plus the log of a sum of terms <= 1, in float64, so
+        that two of them subtract without losing the KL to rounding."""
+        out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+        for i, x in self._head_chunks(h):
+            m = x.amax(-1, keepdim=True)
+            out[i:i + len(x)] = m.squeeze(-1).double() + x.sub_(m).exp_().sum(-1).double().log()
+        return out
+
+    def _softmax_stats(self, h: torch.Tensor):
+        """For clean rows ``h`` (M, d): log-normaliser (M,) and u = W^T softmax(W h) (M, d)."""
+        w = self._head_weight()
+        lse = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+        u = torch.empty_like(h)
+        for i, x in self._head_chunks(h):
+            m = x.amax(-1, keepdim=True)
+            e = x.sub_(m).exp_()
+            total = e.sum(-1)
+            lse[i:i + len(x)] = m.squeeze(-1).double() + total.double().log()
+            u[i:i + len(x)] = (e @ w) / total.unsqueeze(-1)
+        return lse, u
+
+    def _kl(self, h_clean, lse_clean, u, h_traced) -> torch.Tensor:
+        """KL(p_clean || p_traced) (B, M) from the head's inputs: with logits c = W h_c and t = W h_t,
+        KL = sum_v p_v (c_v - t_v) - lse(c) + lse(t) = u . (h_c - h_t) - lse(c) + lse(t), u = W^T p. Per traced row
+        only its log-normaliser runs over the vocabulary (in chunks: no (B, M, V) tensor is ever held)."""
+        b, m, d = h_traced.shape
+        lse_t = self._log_norm(h_traced.reshape(-1, d)).view(b, m)
+        dot = ((h_clean - h_traced) * u).sum(-1).double()
+        return (dot - lse_clean + lse_t).float().clamp(min=0)
+
+    def _prefill(self, tok, pos):
+        with self._autocast():
+            return self.lras.prefill(tok, pos)
+
+    def _extend(self, cache, tok, pos, logits_for):
+        with self._autocast():
+            return self.lras.extend(cache, tok, pos, logits_for=logits_for, head=False)
+
+    def _forward(self, tok, pos, logits_for):
+        with self._autocast():
+            return self.lras(tok, pos, logits_for=logits_for, head=False)
+
+    def _call(self, run, rows: int):
+        """``run()``; out of device memory, the rows per call are halved and the caller tries again (``_Retry``);
+        at one row the error names what to change."""
+        try:
+            return run()
+        except torch.OutOfMemoryError as err:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if rows > 1:
+                self.extend_batch = rows // 2
+                warnings.warn(f"LRAS: out of memory on {self.device} at {rows} sequences per model call, "
+                              f"now {self.extend_batch}")
+                raise _Retry() from err
+            raise MemoryError(f"LRAS ran out of memory on {self.device} at one sequence per model call: free device "
+                              f"memory (other processes) or use a GPU with more memory") from err
 
     @torch.no_grad()
     def predict_rgb(self, sources, targets, reveal):
         """Parallel decoding as upstream: four passes, each appending the argmax of every hidden patch's next code."""
-        src = self.lpq.encode(sources.to(self.device))
-        tgt = self.lpq.encode(targets.to(self.device)).expand(src.shape[0], -1, -1)
+        src, tgt = self._pair(sources, targets)
         perm, revealed, hidden = self._orders(reveal)
         lay = self.layout
         outs = []
         for i in range(src.shape[0]):
-            tok, pos, _ = lay.two_frame_sequence(src[i:i + 1], tgt[i:i + 1], perm, revealed.to(self.device),
-                                                 hidden.to(self.device))
+            tok, pos = self._rows(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
             codes = []
             for k in range(lay.tokens_per_patch - 1):
                 logits = self._hidden_logits(tok, pos, len(hidden))
@@ -174,7 +340,7 @@ class LRASPredictor:
                 codes.append(nxt)
                 tok = torch.cat([tok, nxt.view(1, -1)], 1)
                 pos = torch.cat([pos, lay.position[1] + lay.tokens_per_patch * hidden.to(self.device) + k + 1])
-            pred = lay.patchify(tgt[i:i + 1]).clone()
+            pred = tgt[i:i + 1].clone()
             pred[0, hidden.to(self.device)] = torch.stack(codes, -1)
             g, p = lay.grid, lay.patch
             grid_codes = pred.view(1, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(1, g * p, g * p)
@@ -182,28 +348,19 @@ class LRASPredictor:
         return torch.cat(outs)
 
 
-def count_tokens(layout: Layout, reveal: float, points: int, touched_per_point: int = 4,
-                 group: int = 8, window: int | None = None, revealed_first: bool = False) -> TokenCount:
-    """Transformer tokens for ``points`` points on one (pair, mask, scale), naive vs shared-prefix.
+class _Retry(Exception):
+    """A model call ran out of memory and the batch was halved: run it again."""
 
-    Naive (the paper's procedure): per point a full clean and a full traced pass. Ours: points in
-    groups of ``group``; per group the untouched prefix once, then the suffix (touched patches of
-    the group + revealed + pointer block) for the clean pass and each point's variant. ``window``: patches
-    in the search window (the pointer block stops after their hidden ones; default all). ``revealed_first``:
-    the count if the revealed frame-1 patches went into the shared prefix, before the touched frame-0
-    patches (not the published order, so not what the predictor runs; for the arithmetic only).
-    """
-    n = layout.n_patches
-    tpp = layout.tokens_per_patch
-    n_rev = int(round(reveal * n))
-    n_hid = n - n_rev
-    pointers = n_hid if window is None else int(round(window * n_hid / n))
-    full = tpp * n + tpp * n_rev + n_hid
-    naive = 2 * full * points
-    cached = tpp * n_rev if revealed_first else 0
-    for start in range(0, points, group):
-        k = min(group, points - start)
-        touched = min(n, k * touched_per_point)
-        suffix = tpp * touched + (0 if revealed_first else tpp * n_rev) + pointers
-        cached += tpp * (n - touched) + suffix * (k + 1)
-    return TokenCount(naive, cached)
+
+def _same_shape(a, b) -> bool:
+    """Rows that can share a model call: suffixes of one length and pointer blocks of one size."""
+    return a[0].shape == b[0].shape and a[6] == b[6] and len(a[5]) == len(b[5])
+
+
+def _distinct(x: torch.Tensor):
+    """Distinct rows of (B, ...) and each row's index among them: an expanded view is one row; equal windows
+    (the same anchor image at the whole-frame scale) are found by content."""
+    if x.shape[0] == 1 or x.stride(0) == 0:
+        return x[:1], torch.zeros(x.shape[0], dtype=torch.long)
+    u, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
+    return u.view(-1, *x.shape[1:]), inverse.cpu()
