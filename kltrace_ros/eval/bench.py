@@ -93,10 +93,10 @@ def random_lras(size: str = "tiny", device="cpu", image_size: int = 256, seed: i
         lras = LRAS({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "vocab_size": vocab,
                      "block_size": max(block, 2 * lay.tokens_per_patch * lay.n_patches)}).eval()
     for prm in lpq.quantizer.project_in.parameters():   # codes that differ between nearby cells
-        prm.data.normal_(0, 1.0, generator=gen)
-    if std is not None:
+        prm.data.copy_(torch.randn(prm.shape, generator=gen))
+    if std is not None:   # drawn on the CPU: the same weights on every device
         for prm in lras.parameters():
-            prm.data.normal_(0, std, generator=gen)
+            prm.data.copy_(torch.randn(prm.shape, generator=gen) * std)
     return LRASPredictor(lras.to(dtype), lpq, device, image_size=image_size)
 
 
