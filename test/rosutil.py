@@ -167,3 +167,47 @@ def shifted(big, dx, dy, h=160, w=200):
 
 def domain_id(env):
     return int(env["ROS_DOMAIN_ID"])
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A valid 16x16 JPEG whose frame header (SOF0) claims ``width`` x ``height``: a few hundred bytes that a
+    decoder would expand to width * height * 3 bytes."""
+    import cv2
+
+    ok, jpg = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    b = bytearray(jpg.tobytes())
+    i = b.index(b"\xff\xc0")
+    b[i + 5:i + 7], b[i + 7:i + 9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
+    return bytes(b)
+
+
+def publish_process(env, width: int, height: int, frames: int, rate_hz: float = 2.0, reliable: bool = False,
+                    topic: str = "/test_cam/image_raw"):
+    """A camera in a process of its own (its own DDS participant, so it reads ``env``'s Fast DDS profile): waits
+    for a subscriber, then publishes ``frames`` textured rgb8 frames at ``rate_hz`` without waiting for anyone."""
+    return subprocess.Popen([sys.executable, __file__, topic, str(width), str(height), str(frames), str(rate_hz),
+                             str(int(reliable))], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+if __name__ == "__main__":   # the camera of publish_process
+    import cv2
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    topic, w, h, n, rate, rel = sys.argv[1], *map(int, sys.argv[2:4]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+    rclpy.init()
+    node = rclpy.create_node("test_camera")
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if rel == "1" else qos_profile_sensor_data
+    pub = node.create_publisher(Image, topic, qos)
+    end = time.monotonic() + 60
+    while pub.get_subscription_count() == 0 and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    rclpy.spin_once(node, timeout_sec=0.5)
+    canvas = cv2.resize(textured(), (w + 64, h + 64), interpolation=cv2.INTER_LINEAR)
+    for i in range(n):
+        msg = encode_image(Image(), shifted(canvas, 4 * i, 0, h, w), "rgb8")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_000 + i, 0
+        pub.publish(msg)
+        print(f"sent {i}", flush=True)
+        end = time.monotonic() + 1 / rate
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.02)

@@ -74,3 +74,30 @@ def test_video_refuses_what_is_not_a_video_and_leaves_nothing(tmp_path):
     one_line_error(kltrace("video", frames, "--out", tmp_path / "o.mp4", "--tracks", tmp_path / "t.json", "--points",
                            8, "--masks", 1), "cannot read image")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mp4", "frames", "noise.mp4", "text.mp4"]
+
+
+def test_track_pair_answers_queries_outside_frame_1_by_index_and_warns_of_a_size_change(tmp_path, pair):
+    (tmp_path / "q.json").write_text(json.dumps([[50, 60], [1e9, 1e9], [-50, -50], [199.4, 159.4]]))
+    proc = kltrace("track-pair", *pair, tmp_path / "q.json", tmp_path / "o.json", "--masks", 1, "--scales", 1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 of 4 queries lie outside" in proc.stderr and "points 1, 2 answered not visible" in proc.stderr
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["points"][1] == out["points"][2] == [None, None] and not any(out["visible"][1:3])
+    assert out["reason"][1] == out["reason"][2] == "query outside frame 1 (200x160)"
+    assert out["reason"][0] is None and out["reason"][3] is None       # the corner pixel is inside
+    assert all(v is not None for v in out["points"][0] + out["points"][3])
+    big = cv2.resize(cv2.imread(str(pair[1])), (400, 320))
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    proc = kltrace("track-pair", pair[0], tmp_path / "big.png", tmp_path / "q.json", tmp_path / "o2.json",
+                   "--masks", 1, "--scales", 1)
+    assert proc.returncode == 0 and "big.png is 400x320" in proc.stderr and "scaled" in proc.stderr, proc.stderr
+
+
+def test_unreadable_images_are_named_without_opencv_noise(tmp_path, pair):
+    (tmp_path / "q.json").write_text("[[50, 60]]")
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all" * 10)
+    for bad, text in (("missing.png", "missing.png: no such file"),
+                      ("garbage.png", "garbage.png: not an image OpenCV can decode")):
+        proc = kltrace("track-pair", pair[0], tmp_path / bad, tmp_path / "q.json", tmp_path / "o.json")
+        one_line_error(proc, text)
+        assert "WARN" not in proc.stderr and "findDecoder" not in proc.stderr, proc.stderr

@@ -6,7 +6,7 @@ from cv_bridge import CvBridge
 from sensor_msgs.msg import CompressedImage, Image
 
 from kltrace_ros.io.image_msgs import ImageError, compressed_to_rgb, image_to_rgb, rgb_to_image
-from rosutil import encode_image
+from rosutil import encode_image, jpeg_declaring
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -117,3 +117,20 @@ def test_compressed_png_gray_colour_and_alpha(channels):
 def test_rgb_out_through_cv_bridge():
     msg = rgb_to_image(RGB)
     assert msg.encoding == "rgb8" and msg.step == 21 and np.array_equal(image_to_rgb(msg), RGB)
+
+
+def test_max_image_pixels_is_our_limit_alone():
+    """Pillow refuses headers over its own 179 MP before we could read the size: a user who raised
+    max_image_pixels above that was refused anyway. Our limit decides, both ways, and Pillow's is left as it was."""
+    from PIL import Image as PILImage
+
+    from kltrace_ros.io.image_msgs import compressed_size
+
+    before = PILImage.MAX_IMAGE_PIXELS
+    big = jpeg_declaring(16000, 16000)                     # 256 MP, over Pillow's limit
+    compressed_size(big, 2**28)                            # allowed by the user: passes the header check
+    with pytest.raises(ImageError, match=r"image 16000x16000 \(256.0 Mpx\) exceeds max_image_pixels=16777216"):
+        compressed_size(big, 4096 * 4096)
+    with pytest.raises(ImageError, match="exceeds max_image_pixels=268435456"):
+        compressed_size(jpeg_declaring(30000, 30000), 2**28)
+    assert PILImage.MAX_IMAGE_PIXELS == before

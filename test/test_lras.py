@@ -80,6 +80,20 @@ def test_bad_files_name_the_problem(tmp_path):
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="trunc.pt.*corrupt or truncated"):
         LRAS.from_checkpoint(trunc)
+    # not torch.save's zip format: refused as such before anything is unpickled (a plain pickle could run code)
+    import pickle
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"cfg": CFG, "model": model.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"cfg": CFG, "x": Evil()}))
+    for bad in (legacy, plain):
+        with pytest.raises(CheckpointError, match=f"{bad.name} is a legacy torch.save .* or plain pickle file: not a "
+                                                  f"weights-only checkpoint, refused \\(nothing in it was executed\\)"):
+            LRAS.from_checkpoint(bad)
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="text.pt is not a torch checkpoint at all"):
+        LRAS.from_checkpoint(tmp_path / "text.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.pt.*empty"):
         LRAS.from_checkpoint(tmp_path / "empty.pt")

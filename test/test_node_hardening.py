@@ -14,18 +14,8 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rosutil import (Harness, domain_id, node_log, rss_mb, shifted, start_node, stop_node, textured,  # noqa: E402
-                     wait_log)
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A valid 16x16 JPEG whose frame header (SOF0) claims ``width`` x ``height``: a few hundred bytes that a
-    decoder would expand to width * height * 3 bytes."""
-    ok, jpg = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
-    b = bytearray(jpg.tobytes())
-    i = b.index(b"\xff\xc0")
-    b[i + 5:i + 7], b[i + 7:i + 9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
-    return bytes(b)
+from rosutil import (Harness, domain_id, jpeg_declaring, node_log, rss_mb, shifted, start_node,  # noqa: E402
+                     stop_node, textured, wait_log)
 
 
 def png(img):
@@ -93,8 +83,8 @@ def test_work_budget_reset_burst_and_bad_queries(tmp_path, ros_env):
         msg = PolygonStamped()
         msg.polygon.points = [Point32(x=x, y=y, z=0.0) for x, y in pts]
         queries.publish(msg)
-        assert wait_log(proc, "following 16 of 19 query points from ~/queries, 1 non finite, 1 outside, "
-                              "1 beyond num points"), node_log(proc)
+        assert wait_log(proc, "following 16 of 19 query points from ~/queries; dropped: 1 not finite (point 3); 1 "
+                              "outside the 200x160 image (point 4); 1 beyond num_points=16 (point 18)"), node_log(proc)
         n = len(h.tracks)
         h.publish(shifted(big, 2, 0))
         assert h.wait_for(lambda: len(h.tracks) > n, 60, proc), node_log(proc)
@@ -110,6 +100,9 @@ def test_work_budget_reset_burst_and_bad_queries(tmp_path, ros_env):
         r = set_int("scales", 8)                               # 16 x 32 x (8 + 1) = 4608: over it
         assert not r.successful and "4608 point-passes" in r.reason, r.reason
         assert set_int("masks", 1).successful and set_int("num_points", 8).successful
+        r = set_int("num_pointz", 8)                           # a typo: named, with the likely fix
+        assert not r.successful and "kltrace has no parameter 'num_pointz' (did you mean num_points?)" in r.reason, r
+
         # a burst of resets while frames flow: every call answered, promptly
         futures, answered = [], []
         for i in range(200):
@@ -122,6 +115,73 @@ def test_work_budget_reset_burst_and_bad_queries(tmp_path, ros_env):
         assert all(f.result().success for f in futures)
         print(f"200 ~/reset calls 5 ms apart: all answered, median {1000 * np.median(answered):.0f} ms")
         assert proc.poll() is None
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_queries_log_what_was_dropped_while_a_camera_streams(tmp_path, ros_env):
+    """The same call site used to log at info (all kept) and then at warning (some dropped), which rclpy refuses:
+    every later frame was reported as a failed trace and the drops were never told."""
+    big = textured()
+    proc = start_node(tmp_path, ros_env, {"num_points": 16, "keypoints": "topic"})
+    h = Harness(domain_id(ros_env))
+    queries = h.node.create_publisher(PolygonStamped, "/kltrace/queries", 10)
+
+    def send(pts, seconds=1.0):
+        msg = PolygonStamped()
+        msg.polygon.points = [Point32(x=float(x), y=float(y), z=0.0) for x, y in pts]
+        queries.publish(msg)
+        for i in range(int(seconds * 5)):            # a 5 Hz camera that never waits for the node
+            h.publish(shifted(big, i % 3, 0))
+            h.spin(0.2)
+
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        h.wait_for(lambda: queries.get_subscription_count() > 0, 10)
+        send([], 1.0)
+        good = [(20.0 + 15 * i, 80.0) for i in range(9)]
+        send(good)
+        assert wait_log(proc, "following 9 of 9 query points"), node_log(proc)
+        send(np.random.default_rng(0).uniform(0, 150, (10000, 2)))
+        assert wait_log(proc, "following 16 of 10000 query points from ~/queries; dropped: 9984 beyond "
+                              "num_points=16 (points 16, 17, 18, 19, 20, 21, 22, 23, ...)"), node_log(proc)
+        send(good[:4] + [(float("nan"), 3.0), (float("inf"), 4.0), (900.0, 10.0), (-50.0, -50.0)])
+        assert wait_log(proc, "following 4 of 8 query points from ~/queries; dropped: 2 not finite (points 4, 5); "
+                              "2 outside the 200x160 image (points 6, 7)"), node_log(proc)
+        n = len(h.tracks)
+        send(good, 2.0)
+        assert h.wait_for(lambda: len(h.tracks) > n, 30, proc), node_log(proc)
+        log = node_log(proc)
+        assert "Logger severity" not in log and "tracing failed" not in log, log
+    finally:
+        assert stop_node(proc) < 2.0
+        h.close()
+
+
+def test_tracks_in_view_never_exceed_num_points_when_the_view_jumps_back_and_forth(tmp_path, ros_env):
+    """Anchored tracking keeps tracks that leave the view and re-seeds in their place; when the view jumps back they
+    return, and used to add to the re-seeded ones (17-19 tracks in view at num_points 16)."""
+    from kltrace_ros.io.images import camera_view
+
+    # 320x240, 16 points on a 5x4 grid: a 40 px jump sends the left column out of view and the new seeds go to the
+    # free grid places of the top row; jumping back brings the column back while the new seeds stay in view
+    canvas = cv2.resize(textured(), (480, 360), interpolation=cv2.INTER_AREA)
+    proc = start_node(tmp_path, ros_env, {"num_points": 16, "masks": 1, "scales": 0, "threads": 2})
+    h = Harness(domain_id(ros_env))
+    try:
+        assert h.wait_connected(60, proc), node_log(proc)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 14:             # a 10 Hz camera jumping 40 px back and forth every second
+            x = 60 if int(time.monotonic() - t0) % 2 else 100
+            h.publish(camera_view(canvas, (320, 240), (x, 60)))
+            h.spin(0.1)
+        h.spin(1.0)
+        in_view = [sum(-0.5 <= t.x <= 319.5 and -0.5 <= t.y <= 239.5 for t in m.tracks) for m in h.tracks]
+        out_of_view = [len(m.tracks) - k for m, k in zip(h.tracks, in_view)]
+        print(f"{len(h.tracks)} pairs; tracks in view max {max(in_view)}, out of view max {max(out_of_view)}")
+        assert len(h.tracks) >= 10 and max(out_of_view) > 0      # tracks did leave the view and were kept
+        assert max(in_view) <= 16, in_view
     finally:
         assert stop_node(proc) < 2.0
         h.close()
@@ -155,4 +215,34 @@ def test_reset_warnings_are_rate_limited_with_a_count(tmp_path, ros_env):
         assert proc.poll() is None
     finally:
         assert stop_node(proc) < 2.0
+        h.close()
+
+
+@pytest.mark.parametrize("reliable", [True, False])
+def test_the_first_very_large_raw_frame(tmp_path, ros_env, reliable):
+    """4096x3072 rgb8 (36 MB) from a new publisher that never waits, both processes with the large-image Fast DDS
+    profile: best effort, Fast DDS loses the first sample over 16 MB (a plain subscriber too), and the node says what
+    to set; with reliable QoS on both sides frame 0 arrives and starts the first pair."""
+    from kltrace_ros.ros.transport import large_image_profile
+    from rosutil import publish_process
+
+    env = {**ros_env, "FASTDDS_DEFAULT_PROFILES_FILE": str(large_image_profile())}
+    args = ["-p", "qos_overrides./test_cam/image_raw.subscription.reliability:=reliable"] if reliable else []
+    proc = start_node(tmp_path, env, {"num_points": 4, "masks": 1, "scales": 1}, args=args)
+    h = Harness(domain_id(ros_env))          # receives the tracks (small messages); the camera is a process
+    try:
+        assert h.wait_for(lambda: h.node.count_publishers(h.tracks_topic) > 0, 60, proc), node_log(proc)
+        camera = publish_process(env, 4096, 3072, 4, reliable=reliable)
+        camera.wait(timeout=120)
+        h.wait_for(lambda: len(h.tracks) >= 1, 60, proc)
+        log = node_log(proc)
+        assert h.tracks, log
+        first = h.tracks[0].previous_stamp.sec - 1_700_000_000
+        if reliable:
+            assert first == 0 and "frames over best-effort DDS" not in log, (first, log)
+        else:
+            assert first >= 1 and "36 MB frames over best-effort DDS: Fast DDS loses the first sample over 16 MB" \
+                in log, (first, log)
+    finally:
+        assert stop_node(proc) < 5.0
         h.close()

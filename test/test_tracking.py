@@ -191,6 +191,24 @@ def test_tracks_that_leave_the_view_are_kept_when_asked_and_leave_room_for_new_o
         assert tr.counts.lost_occluded == 0
 
 
+def test_tracks_back_in_view_never_make_more_than_num_points_in_view():
+    """A track kept out of view while a new one was seeded in its place comes back (the view jumped back): the view
+    would hold num_points + 1; the youngest in view goes first (those not seen before any seen), counted."""
+    tr = PointTracker(TrackerConfig(num_points=3, max_out_of_view_frames=5))
+    tr.tracks = [Track(0, 170.0, 60.0, age=9), Track(1, 50.0, 60.0, age=9), Track(2, 80.0, 60.0, age=9),
+                 Track(3, 100.0, 60.0, age=1)]
+    tr.tracks[0].out_of_view_for, tr.tracks[0].visible = 2, False
+    tr.next_id, tr.started = 4, True
+    back = tr.query_points() - [20.0, 0.0]                 # the view jumps back: track 0 is in view again
+    kept = tr.update(back, [True, True, True, True], np.ones(4), (120, 160))
+    assert sorted(t.id for t in kept) == [0, 1, 2] and tr.counts.lost_crowded == 1 and tr.counts.lost == 1
+    tr = PointTracker(TrackerConfig(num_points=2))
+    tr.tracks = [Track(0, 10.0, 10.0, age=1), Track(1, 20.0, 10.0, age=7), Track(2, 30.0, 10.0, age=3)]
+    tr.next_id, tr.started = 3, True
+    kept = tr.update(tr.query_points(), [True, False, True], np.ones(3), (120, 160))
+    assert sorted(t.id for t in kept) == [0, 2]            # the old one not seen went before the young one seen
+
+
 def test_a_track_not_seen_follows_a_camera_that_rolls_and_zooms():
     """The tracks seen fit a similarity (here a 6 degree roll and 5% zoom about the image centre, plus a shift):
     a track not seen moves with it, not with their median shift (which would leave it about 10 px off)."""

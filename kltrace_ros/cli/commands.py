@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from kltrace_ros.models.lras.published import fetch_lras
 from kltrace_ros.models.registry import load_predictor, resolve_device
 from kltrace_ros.tracing.engine import Engine
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config
+from kltrace_ros.tracking.tracker import inside_image
 from kltrace_ros.training.export import export_model
 from kltrace_ros.training.loop import train
 
@@ -148,7 +150,8 @@ def _add_track_pair(sub) -> None:
     p.add_argument("frame1", type=Path)
     p.add_argument("frame2", type=Path)
     p.add_argument("queries", type=Path, help="JSON [[x, y], ...] in FRAME1 pixels")
-    p.add_argument("out", type=Path, help='JSON {"points": [[x, y], ...], "visible": [...]}')
+    p.add_argument("out", type=Path, help='JSON {"points": [[x, y], ...], "visible": [...], "reason": [...]} '
+                   '(a query outside FRAME1 is not traced: null coordinates, not visible, and its reason)')
     p.add_argument("--max-points", type=int, default=20000, help="refuse more query points than this")
     add_engine_args(p)
     p.set_defaults(func=_run_track_pair)
@@ -177,15 +180,39 @@ def _run_track_pair(args) -> int:
     if len(queries) > args.max_points:
         raise ValueError(f"{args.queries} holds {len(queries)} points, more than --max-points {args.max_points}: "
                          f"raise --max-points if you mean it (about 40 ms per point on a CPU)")
+    (h1, w1), (h2, w2) = f1.shape[:2], f2.shape[:2]
+    if (h1, w1) != (h2, w2):
+        warn(f"{args.frame2} is {w2}x{h2}, {args.frame1} {w1}x{h1}: each is scaled to the model's working frame, "
+             f"so the points found are in {args.frame2}'s pixels (a different field of view is not corrected)")
+    # as the node treats ~/queries: a query outside frame 1 is not traced; here it is answered not visible, with a
+    # reason, so that the output stays aligned with the queries
+    inside = inside_image(queries, h1, w1)
+    outside = np.flatnonzero(~inside)
+    if len(outside):
+        warn(f"{len(outside)} of {len(queries)} queries lie outside {args.frame1} ({w1}x{h1}; x in [-0.5, "
+             f"{w1 - 0.5}], y in [-0.5, {h1 - 0.5}]): point{'s' if len(outside) > 1 else ''} "
+             f"{', '.join(map(str, outside[:10]))}{', ...' if len(outside) > 10 else ''} answered not visible, "
+             f"with null coordinates and a reason")
     engine = load_engine(options(args))
-    chunks = range(0, len(queries), CHUNK)
-    results = [engine.track(f1, f2, queries[i:i + CHUNK]) for i in tqdm(
-        chunks, desc="track-pair", unit=f"x{CHUNK} points", disable=len(queries) <= CHUNK)]
-    points = np.concatenate([r.points for r in results]) if results else np.zeros((0, 2))
-    visible = np.concatenate([r.visible for r in results]) if results else np.zeros(0, bool)
+    todo = queries[inside]
+    chunks = range(0, len(todo), CHUNK)
+    results = [engine.track(f1, f2, todo[i:i + CHUNK]) for i in tqdm(
+        chunks, desc="track-pair", unit=f"x{CHUNK} points", disable=len(todo) <= CHUNK)]
+    points = np.full((len(queries), 2), np.nan)
+    visible = np.zeros(len(queries), bool)
+    if results:
+        points[inside] = np.concatenate([r.points for r in results])
+        visible[inside] = np.concatenate([r.visible for r in results])
+    reason = f"query outside frame 1 ({w1}x{h1})"
     write_json(args.out, {"points": [[float(v) if np.isfinite(v) else None for v in p] for p in points],
-                          "visible": [bool(v) for v in visible]})
+                          "visible": [bool(v) for v in visible],
+                          "reason": [None if ok else reason for ok in inside]})
     return 0
+
+
+def warn(text: str) -> None:
+    """A warning on stderr (the command goes on)."""
+    print(f"kltrace: warning: {text}", file=sys.stderr)
 
 
 def _add_eval(sub) -> None:

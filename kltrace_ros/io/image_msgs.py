@@ -84,15 +84,19 @@ def image_to_rgb(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
 
 def compressed_size(data: bytes, max_pixels: int) -> None:
     """Check the size a compressed image declares in its header, without decoding it."""
+    pillow_limit = PILImage.MAX_IMAGE_PIXELS
     try:
+        # the limit is ours alone (``max_pixels``, checked below): Pillow's own (179 MP) would refuse what the user
+        # allowed, so it is off while we read the header (only the worker thread reads headers)
+        PILImage.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
             with PILImage.open(io.BytesIO(data)) as img:   # reads the header only
                 width, height = img.size
-    except PILImage.DecompressionBombError as err:      # Pillow's own limit, far above ours
-        raise ImageError(f"compressed image declares a huge size ({err}): refused before decoding") from err
     except Exception:  # noqa: BLE001 - not a format Pillow knows: the decoder below says what is wrong
         return
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = pillow_limit
     check_size(width, height, max_pixels)
 
 

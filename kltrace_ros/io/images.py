@@ -14,10 +14,21 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H,W,3) uint8 RGB of an image file; FileNotFoundError names the file when it cannot be read."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """(H,W,3) uint8 RGB of an image file; FileNotFoundError names the file and what is wrong with it. The bytes are
+    read here and decoded from memory, so OpenCV prints nothing of its own before our error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot read image {path}: no such file")
+    if path.is_dir():
+        raise FileNotFoundError(f"cannot read image {path}: it is a directory")
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read image {path}: {err.strerror or err}") from err
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
-        raise FileNotFoundError(f"cannot read image {path}")
+        what = "empty file" if not data.size else "not an image OpenCV can decode (png, jpeg, bmp, tiff, ...)"
+        raise FileNotFoundError(f"cannot read image {path}: {what}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

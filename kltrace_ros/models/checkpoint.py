@@ -102,6 +102,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
                               f"(run `kltrace fetch-lras --dest DIR` for the published files)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the download or copy failed; fetch it again")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":   # not torch.save's (zip) format: nothing is unpickled
+        kind = ("a legacy torch.save (_use_new_zipfile_serialization=False) or plain pickle file" if head[:1] == b"\x80"
+                else "not a torch checkpoint at all")
+        raise CheckpointError(f"checkpoint {path} is {kind}: not a weights-only checkpoint, refused (nothing in it was "
+                              f"executed). Re-save it with torch.save (the default zip format) as "
+                              f"{{'cfg': dict, 'model': state_dict}}")
     try:
         with torch.serialization.safe_globals(_safe_globals_for(path)):
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)

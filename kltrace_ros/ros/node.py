@@ -12,6 +12,7 @@ QoS is overridable the ROS way (``qos_overrides.<topic>.subscription.*`` paramet
 """
 from __future__ import annotations
 
+import difflib
 import queue
 import signal
 import sys
@@ -46,6 +47,10 @@ from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, t
 from kltrace_ros.tracking.pipeline import Reset
 
 SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+# Fast DDS, best effort: the first sample over about 16 MB of a new publisher never arrives (4096x3072 rgb8: frame 0
+# lost, frames 1-4 received, also without the node, with a 128 MB shared-memory segment or 64 MB socket buffers);
+# with reliable QoS on both sides every frame arrives
+LARGE_SAMPLE_BYTES = 16 * 2**20
 MESSAGES = MessageTypes(Track=Track, TrackArray=TrackArray, FlowArray=FlowArray, Point32=Point32, Vector3=Vector3,
                         Time=Time)
 
@@ -167,11 +172,14 @@ class Camera:
     resets: int = 0                       # tracks reset by a time jump or a size change
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=50))
     size: tuple | None = None             # (H, W) of its last image: checks ~/queries even right after a reset
+    best_effort: bool = True              # the input's QoS (after qos_overrides)
+    told_large: bool = False              # the large-frame transport advice was logged
 
 
 class KLTraceNode(Node):
     def __init__(self, **kwargs):
-        super().__init__("kltrace", **kwargs)
+        # undeclared names reach our check (which names them); rclpy's own refusal names none ("[]")
+        super().__init__("kltrace", allow_undeclared_parameters=True, **kwargs)
         for name, p in PARAMETERS.items():
             self.declare_parameter(name, p.default, descriptor(p))
         self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
@@ -223,8 +231,9 @@ class KLTraceNode(Node):
         cam.pipeline = build_pipeline(options(self.params), self.engine, lambda reason: self._warn_reset(cam, reason),
                                       self.stopping)
         kind, name = (CompressedImage, topic + "/compressed") if self.params["compressed"] else (Image, topic)
-        self.create_subscription(kind, name, lambda m: self._on_image(cam, m), qos_profile_sensor_data,
-                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        sub = self.create_subscription(kind, name, lambda m: self._on_image(cam, m), qos_profile_sensor_data,
+                                       qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        cam.best_effort = sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
         return cam
 
     # -------------------------------------------------- callbacks: enqueue only
@@ -256,7 +265,13 @@ class KLTraceNode(Node):
                 f"{params['max_point_passes']} ({estimate}): lower num_points, masks or scales")
 
     def _check_parameters(self, params) -> SetParametersResult:
-        """Before rclpy applies a change (ranges are checked by the descriptors): the work budget."""
+        """Before rclpy applies a change (ranges are checked by the descriptors): known names, the work budget."""
+        unknown = [prm.name for prm in params if not self.has_parameter(prm.name)]
+        if unknown:
+            hints = [f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(n, PARAMETERS, 1)) else ""
+                     for n in unknown]
+            return SetParametersResult(successful=False, reason="; ".join(
+                f"kltrace has no parameter '{n}'{h}" for n, h in zip(unknown, hints)) + f": it has {', '.join(PARAMETERS)}")
         # against every change rclpy has accepted so far (self.params is the worker's copy, updated between pairs:
         # two quick changes would otherwise each be checked without the other)
         accepted = {name: self.get_parameter(name).value for name in PARAMETERS}
@@ -304,10 +319,17 @@ class KLTraceNode(Node):
             elif kind == "queries":
                 for cam in self.cameras:
                     n = cam.pipeline.tracker.set_external_queries(value, cam.size)
-                    text = (f"{cam.topic}: following {n['kept']} of {n['given']} query points from ~/queries"
-                            + "".join(f", {n[k]} {k.replace('_', ' ')}" for k in ("non_finite", "outside",
-                                                                               "beyond_num_points") if n[k]))
-                    (self.get_logger().warning if n["kept"] < n["given"] else self.get_logger().info)(text)
+                    text = f"{cam.topic}: following {n['kept']} of {n['given']} query points from ~/queries"
+                    if n["kept"] == n["given"]:   # one severity per call site (rclpy refuses a change)
+                        self.get_logger().info(text)
+                        continue
+                    size = f" the {cam.size[1]}x{cam.size[0]} image" if cam.size else " the image"
+                    why = {"non_finite": "not finite", "outside": f"outside{size}",
+                           "beyond_num_points": f"beyond num_points={cam.pipeline.tracker.config.num_points}"}
+                    self.get_logger().warning(text + "; dropped: " + "; ".join(
+                        f"{len(idx)} {why[k]} (point{'s' if len(idx) > 1 else ''} "
+                        f"{', '.join(map(str, idx[:8]))}{', ...' if len(idx) > 8 else ''})"
+                        for k, idx in n["dropped"].items() if len(idx)))
             else:
                 self._apply_parameters(value)
 
@@ -331,6 +353,13 @@ class KLTraceNode(Node):
             self.get_logger().warning(text, throttle_duration_sec=5.0)
 
     def _process(self, cam: Camera, msg, index: int, period_ns: float | None = None) -> None:
+        if cam.best_effort and not cam.told_large and len(msg.data) > LARGE_SAMPLE_BYTES:
+            cam.told_large = True
+            self.get_logger().warning(
+                f"{cam.topic}: {len(msg.data) / 2**20:.0f} MB frames over best-effort DDS: Fast DDS loses the first "
+                f"sample over {LARGE_SAMPLE_BYTES // 2**20} MB of each new publisher (and more under load). Publish "
+                f"reliable and subscribe reliable (qos_overrides.<topic>.subscription.reliability:=reliable), or "
+                f"publish image/compressed (README, the node: full-resolution images)")
         limit = self.params["max_image_pixels"]
         rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
         cam.size = rgb.shape[:2]
@@ -397,7 +426,7 @@ class KLTraceNode(Node):
                 ("received", str(received)), ("processed", str(cam.processed)), ("dropped", str(dropped)),
                 ("latency_ms", f"{lat:.1f}"), ("tracks", str(len(cam.pipeline.tracker.tracks))),
                 *((k, str(getattr(counts, k))) for k in ("seeded", "reseeded", "lost", "lost_out_of_view",
-                                                         "lost_occluded", "lost_reset")),
+                                                         "lost_occluded", "lost_reset", "lost_crowded")),
                 ("errors", str(cam.errors)), ("resets", str(cam.resets)),
                 ("device", str(self.device)), ("model", self.engine.p.name))]
             arr.status.append(st)

@@ -80,17 +80,19 @@ def track_record(track) -> dict:
 class TrackCounts:
     """What happened to the tracks of a stream since it started: ``seeded`` tracks in all (the first seeding
     included), of which ``reseeded`` replaced lost ones; ``lost_out_of_view`` (left the image),
-    ``lost_occluded`` (occluded longer than ``max_occluded_frames``) and ``lost_reset`` (dropped by a reset:
-    time jump, size change, ``~/reset``, new external queries)."""
+    ``lost_occluded`` (occluded longer than ``max_occluded_frames``), ``lost_reset`` (dropped by a reset:
+    time jump, size change, ``~/reset``, new external queries) and ``lost_crowded`` (more than ``num_points`` in
+    view when tracks came back into view: the youngest went)."""
     seeded: int = 0
     reseeded: int = 0
     lost_out_of_view: int = 0
     lost_occluded: int = 0
     lost_reset: int = 0
+    lost_crowded: int = 0
 
     @property
     def lost(self) -> int:
-        return self.lost_out_of_view + self.lost_occluded + self.lost_reset
+        return self.lost_out_of_view + self.lost_occluded + self.lost_reset + self.lost_crowded
 
 
 @dataclass
@@ -137,17 +139,19 @@ class PointTracker:
         """Points (N,2) to follow when ``source == 'topic'``; they replace the current tracks.
 
         Returns what was kept and why the rest was not: non-finite, outside the image (when its
-        ``image_size`` (H, W) is known) or beyond ``num_points``."""
+        ``image_size`` (H, W) is known) or beyond ``num_points``: counts, and under ``dropped`` the indices."""
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         finite = np.isfinite(pts).all(1)
         inside = finite.copy()
         if image_size is not None:
             inside &= inside_image(pts, *image_size)
-        kept = pts[inside][: self.config.num_points]
+        order = np.flatnonzero(inside)
+        kept = pts[order[: self.config.num_points]]
         self.external = kept
         self.reset()
-        return {"given": len(pts), "kept": len(kept), "non_finite": int((~finite).sum()),
-                "outside": int((finite & ~inside).sum()), "beyond_num_points": int(inside.sum()) - len(kept)}
+        dropped = {"non_finite": np.flatnonzero(~finite).tolist(), "outside": np.flatnonzero(finite & ~inside).tolist(),
+                   "beyond_num_points": order[self.config.num_points:].tolist()}
+        return {"given": len(pts), "kept": len(kept), "dropped": dropped, **{k: len(v) for k, v in dropped.items()}}
 
     def in_view(self, image_size) -> np.ndarray:
         """(N,) bool: which live tracks are inside an image of (H, W)."""
@@ -249,5 +253,17 @@ class PointTracker:
             self.counts.lost_out_of_view += 1      # at most num_points kept out of view: the longest gone go
             kept[i] = None
         kept = [t for t in kept if t is not None]
-        self.tracks = kept
-        return kept
+        self.tracks = self._crowded_out(kept)
+        return self.tracks
+
+    def _crowded_out(self, tracks: list) -> list:
+        """At most ``num_points`` tracks in view. Tracks that come back into view (anchored tracking keeps them
+        while out of view and re-seeds in their place) would add to those seeded meanwhile: the ones not seen go
+        first, then the youngest; they count as ``lost_crowded``."""
+        in_view = [t for t in tracks if not t.out_of_view_for]
+        excess = len(in_view) - self.config.num_points
+        if excess <= 0:
+            return tracks
+        drop = {t.id for t in sorted(in_view, key=lambda t: (t.visible, t.age, -t.id))[:excess]}
+        self.counts.lost_crowded += excess
+        return [t for t in tracks if t.id not in drop]
