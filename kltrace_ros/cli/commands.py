@@ -249,6 +249,9 @@ def _add_eval_long(sub) -> None:
     p.add_argument("--methods", default="anchored,chained,lk,dis",
                    help="comma-separated: anchored, chained (the tracker in that mode), lk, dis (chained OpenCV)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scene", choices=("planar", "3d"), default="planar",
+                   help="planar: a photo under a moving camera (one homography per frame); 3d: textured boxes and "
+                        "walls at several depths (parallax, depth edges, forward motion, surfaces that turn)")
     p.add_argument("--out", type=Path, default=Path("out/eval_long"), help="results.json, error_by_frame.png")
     add_engine_args(p)
     p.set_defaults(func=_run_eval_long)
@@ -263,7 +266,7 @@ def _run_eval_long(args) -> int:
     engine = load_engine(options(args)) if modes else None
     pipes = {m: build_pipeline(options(args, keypoints="topic", num_points=4096, tracking=m), engine) for m in modes}
     res = evaluate_long(args.sequences, args.frames, [m for m in methods if m not in modes], pipes, args.seed,
-                        args.out)
+                        args.out, args.scene)
     print(format_long(res))
     print(f"results: {args.out / 'results.json'}; plot: {args.out / 'error_by_frame.png'}")
     return 0

@@ -1,6 +1,8 @@
 """`kltrace eval-long`: long tracks on sequences built here, with exact ground truth and visibility.
 
-A sequence is a freely licensed photo (scikit-image's data folder) seen by a virtual camera moving on a
+Two kinds of scene. ``3d`` (``scene3d``): textured boxes and walls at several depths under a camera that strafes,
+walks forward or goes around, so near and far points move differently, surfaces turn and grow, and nearer surfaces
+hide farther ones. ``planar`` (below): a plane. A planar sequence is a freely licensed photo (scikit-image's data folder) seen by a virtual camera moving on a
 smooth path (pan, roll, zoom and a little perspective: one homography per frame), with a textured disc cut
 from another photo crossing the view on its own path. A query point of frame 0 is a point of the photo, so
 its position in every frame is exact (the frame's homography), and it is visible when it is in view and not
@@ -30,19 +32,37 @@ SIZES = ((320, 240), (256, 256), (384, 216))      # (w, h)
 REPORT_FRAMES = (5, 10, 20)                        # median error at these frames, and at the last one
 
 
+SCENES = ("planar", "3d")
+SIZES_3D = ((320, 240), (384, 216), (640, 480))
+
+
 @dataclass
 class Sequence:
     name: str
     frames: np.ndarray       # (T,H,W,3) uint8
     queries: np.ndarray      # (N,2) px of frame 0
     tracks: np.ndarray       # (T,N,2) ground-truth positions
-    visible: np.ndarray      # (T,N) bool: in view and not under the disc
+    visible: np.ndarray      # (T,N) bool: in view and not hidden (under the disc; behind a nearer surface)
+    depth: np.ndarray | None = None   # 3D scenes: (T,H,W) float32 z (m) of the nearest surface per pixel
+    K: np.ndarray | None = None       # 3D scenes: (3,3) intrinsics
+    poses: np.ndarray | None = None   # 3D scenes: (T,4,4) camera-to-world (optical frame: x right, y down, z forward)
+    points: np.ndarray | None = None  # 3D scenes: (N,3) each query's point in the world (m)
 
 
 def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = None, n_queries: int = 64,
-                  speed_256: float = 4.0) -> Sequence:
-    """One sequence: the camera pans out and back (a sine over the sequence, about ``speed_256`` px per frame at
-    256 on average, so most points stay in view) with a wobble, a slow roll and zoom, and a little tilt."""
+                  speed_256: float = 4.0, scene: str = "planar") -> Sequence:
+    """One sequence. ``planar``: the camera pans out and back over a photo (a sine over the sequence, about
+    ``speed_256`` px per frame at 256 on average, so most points stay in view) with a wobble, a slow roll and zoom,
+    and a little tilt. ``3d``: a camera moving through textured boxes and walls at several depths (``scene3d``:
+    sideways, forward or around, by seed), with depth and intrinsics."""
+    if scene == "3d":
+        from .scene3d import render_sequence
+
+        d = render_sequence(seed, n_frames, size or SIZES_3D[seed % len(SIZES_3D)], n_queries)
+        return Sequence(d["name"], d["frames"], d["queries"], d["tracks"], d["visible"], d["depth"], d["K"],
+                        d["poses"], d["points"])
+    if scene != "planar":
+        raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = np.random.default_rng(seed)
     w, h = size or SIZES[seed % len(SIZES)]
     photos = [n for n in SKIMAGE_IMAGES if n not in ("page.png", "text.png", "cell.png", "horse.png")]
@@ -165,13 +185,14 @@ def inside_view(seq: Sequence) -> np.ndarray:
 
 
 def evaluate_long(sequences: int = 3, n_frames: int = 48, methods=("lk", "dis"), pipelines: dict | None = None,
-                  seed: int = 0, out: Path | None = None) -> dict:
-    """Every method on ``sequences`` generated sequences; per method the mean of each metric over sequences
-    (and per sequence). ``pipelines`` (name -> TrackingPipeline) run first, then the baselines ``methods``."""
+                  seed: int = 0, out: Path | None = None, scene: str = "planar") -> dict:
+    """Every method on ``sequences`` generated sequences of ``scene`` (planar | 3d); per method the mean of each
+    metric over sequences (and per sequence). ``pipelines`` (name -> TrackingPipeline) run first, then the
+    baselines ``methods``."""
     pipelines = pipelines or {}
-    results = {"sequences": [], "methods": {m: [] for m in [*pipelines, *methods]}}
-    for k in tqdm(range(sequences), desc="eval-long", unit="seq"):
-        seq = make_sequence(seed + k, n_frames)
+    results = {"scene": scene, "sequences": [], "methods": {m: [] for m in [*pipelines, *methods]}}
+    for k in tqdm(range(sequences), desc=f"eval-long {scene}", unit="seq"):
+        seq = make_sequence(seed + k, n_frames, scene=scene)
         results["sequences"].append(seq.name)
         for m, pipe in pipelines.items():
             pos, vis = track_pipeline(seq, pipe)

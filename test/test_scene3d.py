@@ -1,0 +1,66 @@
+"""eval-long's 3D scenes: deterministic, the ground truth matches the pixels, depth matches the points, near and far
+surfaces move differently, and nearer surfaces hide farther points."""
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("skimage.data")
+
+from kltrace_ros.eval.longseq import inside_view, make_sequence  # noqa: E402
+
+SIZE = (160, 120)
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    return {kind: make_sequence(seed, 10, SIZE, 48, scene="3d") for seed, kind in enumerate(("sideways", "forward",
+                                                                                             "orbit"))}
+
+
+def test_deterministic_with_depth_and_intrinsics(seqs):
+    again = make_sequence(0, 10, SIZE, 48, scene="3d")
+    a = seqs["sideways"]
+    assert a.name.startswith("3d_000_sideways") and np.array_equal(a.frames, again.frames)
+    assert np.array_equal(a.tracks, again.tracks) and np.array_equal(a.visible, again.visible)
+    assert a.depth.shape == (10, 120, 160) and a.K.shape == (3, 3) and a.poses.shape == (10, 4, 4)
+    # the depth map at a query is the z of its point in the camera (away from depth edges: the median)
+    cam = (a.points - a.poses[0, :3, 3]) @ a.poses[0, :3, :3]
+    at = a.depth[0][np.round(a.queries[:, 1]).astype(int), np.round(a.queries[:, 0]).astype(int)]
+    assert np.median(np.abs(at - cam[:, 2]) / cam[:, 2]) < 0.01
+
+
+@pytest.mark.parametrize("kind", ["sideways", "forward", "orbit"])
+def test_the_ground_truth_matches_the_pixels(seqs, kind):
+    """A visible point looks in frame t as it looked in frame 0 (a 5x5 patch, up to the change of view), and far
+    less so at its frame-0 position."""
+    a = seqs[kind]
+    g0 = cv2.cvtColor(a.frames[0], cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+    def patch(img, p):
+        return cv2.getRectSubPix(img, (5, 5), (float(p[0]), float(p[1])))
+
+    for t in (3, 6, 9):
+        gt = cv2.cvtColor(a.frames[t], cv2.COLOR_RGB2GRAY).astype(np.float32)
+        sel = a.visible[t] & (np.linalg.norm(a.tracks[t] - a.queries, axis=1) > 3)
+        assert sel.sum() >= 8, (kind, t, sel.sum())
+        good = np.median([np.abs(patch(gt, a.tracks[t, i]) - patch(g0, a.queries[i])).mean() for i in np.where(sel)[0]])
+        bad = np.median([np.abs(patch(gt, a.queries[i]) - patch(g0, a.queries[i])).mean() for i in np.where(sel)[0]])
+        assert good < 0.5 * bad, (kind, t, good, bad)
+
+
+def test_near_and_far_points_move_differently_and_near_surfaces_hide_far_points(seqs):
+    a = seqs["sideways"]
+    z = ((a.points - a.poses[0, :3, 3]) @ a.poses[0, :3, :3])[:, 2]
+    both = a.visible[0] & a.visible[-1]
+    moved = np.linalg.norm(a.tracks[-1] - a.tracks[0], axis=1)
+    near, far = both & (z < 4), both & (z > 9)
+    assert near.sum() >= 3 and far.sum() >= 3, (near.sum(), far.sum())
+    assert np.median(moved[near]) > 2.5 * np.median(moved[far]), (moved[near], moved[far])
+    # some points are in view but hidden by a nearer surface in some frames, in every kind of motion
+    for seq in (a, seqs["orbit"]):
+        hidden = inside_view(seq) & ~seq.visible
+        assert hidden[1:].any(), seq.name
+    f = seqs["forward"]   # walking forward: the surfaces grow (points move apart)
+    sel = f.visible[0] & f.visible[-1]
+    spread = lambda p: np.median(np.linalg.norm(p - p.mean(0), axis=1))  # noqa: E731
+    assert spread(f.tracks[-1][sel]) > 1.2 * spread(f.tracks[0][sel])
