@@ -189,19 +189,28 @@ def box(rng, centre, size) -> list[Quad]:
             _face(rng, (x0, y0, z1), (sx, 0, 0), (0, 0, -sz))]     # top (y0 is up: y points down)
 
 
-def scene(rng) -> list[Quad]:
-    """Ground, back wall, two side walls, five to seven boxes at 2-10 m, and a pillar close to the camera's path."""
+def _clear(centre, size, path_points, margin: float = 1.5) -> bool:
+    """Whether a box at ``centre`` of ``size`` stays ``margin`` m away from every camera position (ground plane)."""
+    half = np.asarray(size)[[0, 2]] / 2 + margin
+    d = np.abs(np.asarray(path_points)[:, [0, 2]] - np.asarray(centre)[[0, 2]])
+    return not ((d[:, 0] < half[0]) & (d[:, 1] < half[1])).any()
+
+
+def scene(rng, path_points) -> list[Quad]:
+    """Ground, back wall, two side walls, five to seven boxes at 3.5-10 m, and a pillar close to the camera's path
+    (every box at least 1.5 m from the camera positions ``path_points``)."""
     ground_y = 1.4
     quads = [_face(rng, (-8, ground_y, -4), (16, 0, 0), (0, 0, 20), px_per_m=40),           # ground
              _face(rng, (-8, ground_y - 6, 14), (16, 0, 0), (0, 6, 0), px_per_m=40),        # back wall
              _face(rng, (-6, ground_y - 4, -2), (0, 0, 16), (0, 4, 0), px_per_m=40),        # left wall
              _face(rng, (6, ground_y - 4, 14), (0, 0, -16), (0, 4, 0), px_per_m=40)]        # right wall
-    for _ in range(rng.integers(5, 8)):
-        sx, sy, sz = rng.uniform(0.6, 1.6), rng.uniform(0.5, 2.2), rng.uniform(0.6, 1.6)
-        cx, cz = rng.uniform(-3.5, 3.5), rng.uniform(3.5, 10)
+    boxes = [((rng.uniform(-3.5, 3.5), 0, rng.uniform(3.5, 10)), (rng.uniform(0.6, 1.6), rng.uniform(0.5, 2.2),
+                                                                  rng.uniform(0.6, 1.6))) for _ in range(12)]
+    boxes = [b for b in boxes if _clear(*b, path_points)][: rng.integers(5, 8)]
+    pillars = [((rng.uniform(-1.2, 1.2), 0, rng.uniform(1.8, 3.2)), (0.35, 2.8, 0.35)) for _ in range(8)]
+    boxes += [b for b in pillars if _clear(*b, path_points)][:1]          # a pillar near the camera's path
+    for (cx, _, cz), (sx, sy, sz) in boxes:
         quads += box(rng, (cx, ground_y - sy / 2, cz), (sx, sy, sz))
-    px = rng.uniform(-1.2, 1.2)
-    quads += box(rng, (px, ground_y - 1.4, rng.uniform(1.8, 2.6)), (0.35, 2.8, 0.35))   # a pillar near the camera
     return quads
 
 
@@ -210,12 +219,12 @@ def path(kind: str, rng, n_frames: int, K) -> list[Camera]:
     t = np.linspace(0, 1, n_frames)
     cams = []
     if kind == "sideways":
-        span, look_z = rng.uniform(2.2, 3.2), rng.uniform(6, 10)
+        span, look_z = rng.uniform(3.5, 5.0), rng.uniform(6, 10)
         for s in t:
             c = np.array([(s - 0.5) * span, rng.uniform(-0.01, 0.01), 0.0])
             cams.append(look(K, c, (0.3 * (s - 0.5) * span, 0.3, look_z), roll=0.03 * np.sin(6 * s)))
     elif kind == "forward":
-        dist, turn = rng.uniform(3.0, 4.5), rng.uniform(-0.25, 0.25)
+        dist, turn = rng.uniform(2.0, 3.0), rng.uniform(-0.25, 0.25)
         for s in t:
             c = np.array([0.4 * np.sin(np.pi * s) * np.sign(turn), 0.0, dist * s])
             heading = turn * np.sin(np.pi * s / 2)
@@ -241,8 +250,8 @@ def render_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] = (320,
     w, h = size
     f = 0.9 * w
     K = np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
-    quads = scene(rng)
     cams = path(kind, rng, n_frames, K)
+    quads = scene(rng, [cam.c for cam in cams])
     frames, depth = zip(*(render(quads, cam, size) for cam in cams))
     # queries: pixels of frame 0 on a surface, away from the border, spread over near and far
     margin = 0.06 * min(w, h)
