@@ -53,3 +53,11 @@ def test_near_and_far_points_move_differently_and_near_surfaces_hide_far_points(
     sel = f.visible[0] & f.visible[-1]
     spread = lambda p: np.median(np.linalg.norm(p - p.mean(0), axis=1))  # noqa: E731
     assert spread(f.tracks[-1][sel]) > 1.2 * spread(f.tracks[0][sel])
+
+
+def test_eval_long_runs_on_3d_scenes(tmp_path):
+    from kltrace_ros.eval.longseq import evaluate_long
+
+    res = evaluate_long(1, 6, ("lk",), out=tmp_path, scene="3d")
+    assert res["scene"] == "3d" and res["sequences"][0].startswith("3d_000_sideways")
+    assert 0 <= res["overall"]["lk"]["delta_avg"] <= 100 and (tmp_path / "results.json").exists()

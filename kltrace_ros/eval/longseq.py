@@ -26,6 +26,7 @@ from kltrace_ros.tracking.pipeline import TrackingPipeline
 
 from .baselines import BASELINES
 from .metrics import tapvid_metrics
+from .scene3d import render_sequence
 from .suite import apply_homography, photo_rgb
 
 SIZES = ((320, 240), (256, 256), (384, 216))      # (w, h)
@@ -56,8 +57,6 @@ def make_sequence(seed: int, n_frames: int = 48, size: tuple[int, int] | None = 
     and a little tilt. ``3d``: a camera moving through textured boxes and walls at several depths (``scene3d``:
     sideways, forward or around, by seed), with depth and intrinsics."""
     if scene == "3d":
-        from .scene3d import render_sequence
-
         d = render_sequence(seed, n_frames, size or SIZES_3D[seed % len(SIZES_3D)], n_queries)
         return Sequence(d["name"], d["frames"], d["queries"], d["tracks"], d["visible"], d["depth"], d["K"],
                         d["poses"], d["points"])
