@@ -62,7 +62,7 @@ def test_track_pair_cli_contract(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "out.json").read_text())
-    assert set(out) == {"points", "visible"}
+    assert set(out) == {"points", "visible", "reason"} and out["reason"] == [None, None, None]   # all inside frame 1
     assert len(out["points"]) == 3 and all(len(p) == 2 and all(isinstance(v, float) for v in p) for p in out["points"])
     assert all(isinstance(v, bool) for v in out["visible"]) and len(out["visible"]) == 3
     for p, q in zip(out["points"], [[50, 60], [120.5, 80.25], [10, 10]]):   # frame 2 = frame 1 moved 2 px right
