@@ -12,6 +12,7 @@ in batches (``kl_maps``). Exact: the same logits as full passes in that order.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -192,60 +193,56 @@ class LRASPredictor:
         touched = (variants != clean).any(-1).any(0).cpu()
         perm = orders[0][0]
         order = torch.cat([perm[~touched[perm]], perm[touched[perm]]])
-        split = tpp * int((~touched).sum())
-        cached = cached and split > 0
-        head, head_pos = lay.frame_tokens(clean, order[:split // tpp], 0)
+        kept = int((~touched).sum())                     # frame-0 patches in the shared prefix
+        cached = cached and kept > 0
+        head, head_pos = lay.frame_tokens(clean, order[:kept], 0)
         cache = None
         if cached:
             cache = self._call(lambda: self._prefill(head, head_pos), rows=1)
-            self.tokens["run"] += split
+            self.tokens["run"] += head.shape[1]
         # rows: per mask, per distinct target: its clean pass, then the variants of the points that look there
         rows = []
         for k, (_, revealed, hidden, n_out) in enumerate(orders):
             n_ptr = n_out if cached else len(hidden)
-            full = tpp * lay.n_patches + tpp * len(revealed) + len(hidden)
-            self.tokens["naive"] += 2 * full * len(points)
+            self.tokens["naive"] += 2 * (tpp * (lay.n_patches + len(revealed)) + len(hidden)) * len(points)
             for t in target_of.unique().tolist():
                 mine = torch.nonzero(target_of == t).flatten()
                 srcs = torch.cat([clean, variants[mine]])
-                tok, pos = self._rows(srcs, targets[t:t + 1].expand(len(srcs), -1, -1), order[split // tpp:],
-                                      revealed, hidden[:n_ptr])
-                for r in range(len(srcs)):
-                    rows.append((tok[r], pos, k, t, None if r == 0 else int(points[mine[r - 1]]),
-                                 hidden[:n_out], n_ptr))
-        clean = {}
+                tok, pos = self._rows(srcs, targets[t:t + 1].expand(len(srcs), -1, -1), order[kept:], revealed,
+                                      hidden[:n_ptr])
+                rows += [_Row(tok[r], pos, k, t, None if r == 0 else int(points[mine[r - 1]]), hidden[:n_out], n_ptr)
+                         for r in range(len(srcs))]
+        clean_stats = {}                                   # (mask, target) -> the clean row's hidden states, lse, u
         i = 0
         while i < len(rows):
-            length = rows[i][0].shape[0] + (0 if cached else split)
-            b = self._batch(length, rows[i][6], split if cached else 0)
+            b = self._batch(len(rows[i].tokens) + (0 if cached else head.shape[1]), rows[i].pointers,
+                            head.shape[1] if cached else 0)
             batch = [rows[i]]
-            while len(batch) < b and i + len(batch) < len(rows) and _same_shape(rows[i + len(batch)], rows[i]):
+            while len(batch) < b and i + len(batch) < len(rows) and rows[i + len(batch)].fits(rows[i]):
                 batch.append(rows[i + len(batch)])
-            tok = torch.stack([r[0] for r in batch])
-            pos = torch.stack([r[1] for r in batch])
-            n_ptr, n_out = batch[0][6], len(batch[0][5])
-            first = tok.shape[1] - n_ptr
+            tok, pos = torch.stack([r.tokens for r in batch]), torch.stack([r.positions for r in batch])
+            first, n_out = tok.shape[1] - batch[0].pointers, len(batch[0].hidden)
             if cached:
                 run = lambda: self._extend(cache, tok, pos, slice(first, first + n_out))  # noqa: E731
-            else:
+            else:   # the reference: the same sequences as full passes
                 tok = torch.cat([head.expand(len(batch), -1), tok], 1)
                 pos = torch.cat([head_pos.expand(len(batch), -1), pos], 1)
-                run = lambda: self._forward(tok, pos, slice(split + first, split + first + n_out))  # noqa: E731
+                at = head.shape[1] + first
+                run = lambda: self._forward(tok, pos, slice(at, at + n_out))  # noqa: E731
             try:
                 hid = self._call(run, rows=len(batch))   # (b, n_out, d): the head's input at the pointers
             except _Retry:
                 continue
             self.tokens["run"] += tok.numel()
-            keys = [(r[2], r[3]) for r in batch]
             for r, row in enumerate(batch):
-                if row[4] is None:
-                    clean[keys[r]] = (hid[r], *self._softmax_stats(hid[r]))
-            for key in dict.fromkeys(keys):   # the variants of each (mask, target) against its clean row
-                rs = [r for r in range(len(batch)) if keys[r] == key and batch[r][4] is not None]
+                if row.point is None:
+                    clean_stats[row.key] = (hid[r], *self._softmax_stats(hid[r]))
+            for key in dict.fromkeys(row.key for row in batch):   # each (mask, target)'s variants against its clean
+                rs = [r for r, row in enumerate(batch) if row.key == key and row.point is not None]
                 if rs:
-                    kl = self._kl(*clean[key], hid[rs]).cpu()
+                    kl = self._kl(*clean_stats[key], hid[rs]).cpu()
                     for j, r in enumerate(rs):
-                        out[batch[r][4], key[0], batch[r][5].cpu()] = kl[j]
+                        out[batch[r].point, key[0], batch[r].hidden.cpu()] = kl[j]
             i += len(batch)
 
     # ------------------------------------------------------------ the head and the KL
@@ -352,9 +349,26 @@ class _Retry(Exception):
     """A model call ran out of memory and the batch was halved: run it again."""
 
 
-def _same_shape(a, b) -> bool:
-    """Rows that can share a model call: suffixes of one length and pointer blocks of one size."""
-    return a[0].shape == b[0].shape and a[6] == b[6] and len(a[5]) == len(b[5])
+class _Row(NamedTuple):
+    """One sequence of a group: the suffix after the shared prefix, for one mask and target; ``point`` None for
+    the clean pass. ``hidden``: the hidden patches whose maps it gives (the search window's); ``pointers``: the size
+    of its pointer block."""
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    mask: int
+    target: int
+    point: int | None
+    hidden: torch.Tensor
+    pointers: int
+
+    @property
+    def key(self) -> tuple:
+        return self.mask, self.target
+
+    def fits(self, other: "_Row") -> bool:
+        """Rows that can share a model call: suffixes of one length, pointer blocks and windows of one size."""
+        return (self.tokens.shape == other.tokens.shape and self.pointers == other.pointers
+                and len(self.hidden) == len(other.hidden))
 
 
 def _distinct(x: torch.Tensor):
