@@ -58,7 +58,7 @@ def add_engine_args(p) -> None:
     p.add_argument("--min-appearance", type=float, default=0.7,
                    help="visible only if the found point's neighbourhood still looks like the query's (normalised "
                         "cross-correlation within 2 px at 256); 0: no test")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (anything else is refused)")
 
 
 def add_stream_args(p, live_view: bool = True) -> None:
