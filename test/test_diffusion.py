@@ -175,7 +175,7 @@ def test_engine_and_track_pair_on_a_diffusion_model(folders, family, tmp_path):
     default = load_engine(Options(model=spec(folders, family)))
     assert default.cfg.fb_threshold > 0
     anchored = default.track([f1, f2], f2, q, source=[0, 1, 0])
-    assert np.isfinite(anchored.points).all() and anchored.fb_error.shape == (3,)
+    assert np.isfinite(anchored.points).all() and np.isfinite(anchored.fb_error).all()
     write_pair(tmp_path, q)
     proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "track-pair", str(tmp_path / "f1.png"),
                            str(tmp_path / "f2.png"), str(tmp_path / "q.json"), str(tmp_path / "out.json"),

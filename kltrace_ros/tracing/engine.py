@@ -88,8 +88,7 @@ class TraceResult:
     points: np.ndarray                 # (N,2) x, y in frame-2 pixels of the caller's image
     visible: np.ndarray                # (N,) bool
     confidence: np.ndarray             # (N,) peak D of the last scale
-    fb_error: np.ndarray | None = None  # (N,) forward-backward distance (working px) when checked (NaN: a point
-                                       # the other tests already found not visible is not traced back)
+    fb_error: np.ndarray | None = None  # (N,) forward-backward distance (working px) when checked
     sharpness: np.ndarray | None = None  # (N,) peak / mean of the last scale's averaged map
     maps: list = field(default_factory=list)  # per point: (map (g,g), window box in frame-2 px) if keep_maps
 
@@ -260,13 +259,8 @@ class Engine:
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
             back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or cfg.scales,
                                                                                  cfg.scales), keep_maps=False)
-            # only points the other tests kept: the check can only take visibility away (NaN: not checked)
-            res.fb_error = np.full(len(qw), np.nan)
-            live = torch.from_numpy(np.flatnonzero(vis))
-            if len(live):
-                back = self._trace(img2, img1, est[live], back_cfg, cancel, qw[live],
-                                   ib=None if index is None else index[live])[0]
-                res.fb_error[live.numpy()] = (back - qw[live]).norm(dim=1).numpy()
+            back = self._trace(img2, img1, est, back_cfg, cancel, qw, ib=index)[0]
+            res.fb_error = (back - qw).norm(dim=1).numpy()
             res.visible &= res.fb_error <= cfg.fb_threshold
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
