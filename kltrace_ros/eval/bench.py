@@ -107,8 +107,7 @@ def bench_lras_tracing(size="tiny", points=64, device="cpu", masks: int | None =
     tracking runs it). ``naive`` is what the paper's procedure (a full clean and a full traced pass per point, mask
     and scale) runs for the same maps."""
     pred = random_lras(size, device)
-    # a random model's points fail the appearance test, and a point found not visible is not traced back: with the
-    # test off every point is traced back, as it is where a real model finds its points
+    # a random model's points fail the appearance test: off, as where a real model finds its points
     eng = Engine(pred, TraceConfig(masks=masks, min_appearance=0.0))
     img = cv2.resize(skimage_photo("astronaut.png"), (320, 240), interpolation=cv2.INTER_AREA)
     f2 = np.roll(img, 6, axis=1)
