@@ -210,7 +210,7 @@ def test_layout_tokens_positions_and_raster():
     assert int(mask.sum()) == 16
     revealed, hidden = split_mask(mask, torch.Generator().manual_seed(1))
     assert sorted(torch.cat([revealed, hidden]).tolist()) == list(range(64))
-    seq, spos, ptr = lay.two_frame_sequence(codes, codes, torch.randperm(64), revealed, hidden)
+    seq, spos, ptr = lay.two_frame_sequence(patches, patches, torch.randperm(64), revealed, hidden)
     assert seq.shape[1] == 5 * 64 + 5 * 16 + 48 and spos.shape[0] == seq.shape[1]
     assert seq[0, ptr].tolist() == (128 + hidden).tolist()
     assert spos[ptr].tolist() == (320 + 5 * hidden).tolist()

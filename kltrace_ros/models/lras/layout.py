@@ -47,14 +47,13 @@ class Layout:
         """Pointer tokens and positions (M,) for the hidden patches ``hidden`` (M,), predicting their first code."""
         return self.pointer[frame] + hidden, self.position[frame] + self.tokens_per_patch * hidden
 
-    def two_frame_sequence(self, src_codes: torch.Tensor, tgt_codes: torch.Tensor, src_order: torch.Tensor,
+    def two_frame_sequence(self, src_patches: torch.Tensor, tgt_patches: torch.Tensor, src_order: torch.Tensor,
                            revealed: torch.Tensor, hidden: torch.Tensor):
-        """Frame 0 (``src_order``), revealed frame-1 patches, then the pointer block of ``hidden``.
-
-        Returns tokens (B, T), positions (T,) and the slice of the pointer block.
-        """
-        t0, p0 = self.frame_tokens(self.patchify(src_codes), src_order, 0)
-        t1, p1 = self.frame_tokens(self.patchify(tgt_codes).expand(t0.shape[0], -1, -1), revealed, 1)
+        """Frame 0 (patches ``src_order`` of ``src_patches`` (B, n, 4), see ``patchify``), the ``revealed`` frame-1
+        patches of ``tgt_patches`` (B or 1, n, 4), then the pointer block of ``hidden``: tokens (B, T), positions
+        (T,) and the slice of the pointer block."""
+        t0, p0 = self.frame_tokens(src_patches, src_order, 0)
+        t1, p1 = self.frame_tokens(tgt_patches.expand(t0.shape[0], -1, -1), revealed, 1)
         tp, pp = self.pointer_block(hidden.to(t0.device))
         tok = torch.cat([t0, t1, tp.view(1, -1).expand(t0.shape[0], -1)], 1)
         pos = torch.cat([p0, p1, pp])

@@ -121,15 +121,6 @@ class LRASPredictor:
         b = max(src.shape[0], tgt.shape[0])
         return src.expand(b, -1, -1), tgt.expand(b, -1, -1)
 
-    def _rows(self, src, tgt, order, revealed, hidden):
-        """Tokens (B, T) and positions (T,) of two-frame sequences from patch codes (B, n, 4)."""
-        lay = self.layout
-        t0, p0 = lay.frame_tokens(src, order, 0)
-        t1, p1 = lay.frame_tokens(tgt, revealed, 1)
-        tp, pp = lay.pointer_block(hidden.to(self.device))
-        tok = torch.cat([t0, t1, tp.view(1, -1).expand(t0.shape[0], -1)], 1)
-        return tok, torch.cat([p0, p1, pp])
-
     def _hidden_logits(self, tokens, positions, n_hidden):
         with self._autocast():
             return self.lras(tokens, positions, logits_for=slice(tokens.shape[1] - n_hidden, None))
@@ -142,7 +133,7 @@ class LRASPredictor:
         perm, revealed, hidden = self._orders(reveal)
         out = []
         for i in range(src.shape[0]):
-            tok, pos = self._rows(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
+            tok, pos, _ = self.layout.two_frame_sequence(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
             self.tokens["run"] += tok.shape[1]
             out.append(self._hidden_logits(tok, pos, len(hidden)))
         return torch.cat(out)[:, torch.argsort(hidden)].log_softmax(-1)
@@ -208,8 +199,7 @@ class LRASPredictor:
             for t in target_of.unique().tolist():
                 mine = torch.nonzero(target_of == t).flatten()
                 srcs = torch.cat([clean, variants[mine]])
-                tok, pos = self._rows(srcs, targets[t:t + 1].expand(len(srcs), -1, -1), order[kept:], revealed,
-                                      hidden[:n_ptr])
+                tok, pos, _ = lay.two_frame_sequence(srcs, targets[t:t + 1], order[kept:], revealed, hidden[:n_ptr])
                 rows += [_Row(tok[r], pos, k, t, None if r == 0 else int(points[mine[r - 1]]), hidden[:n_out], n_ptr)
                          for r in range(len(srcs))]
         clean_stats = {}                                   # (mask, target) -> the clean row's hidden states, lse, u
@@ -329,7 +319,7 @@ class LRASPredictor:
         lay = self.layout
         outs = []
         for i in range(src.shape[0]):
-            tok, pos = self._rows(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
+            tok, pos, _ = lay.two_frame_sequence(src[i:i + 1], tgt[i:i + 1], perm, revealed, hidden)
             codes = []
             for k in range(lay.tokens_per_patch - 1):
                 logits = self._hidden_logits(tok, pos, len(hidden))
