@@ -168,6 +168,67 @@ def test_kl_maps_of_all_masks_at_once_equal_one_model_pass_per_mask():
     assert ((fast - naive).abs().amax((1, 2)) < 0.05 * naive.amax((1, 2))).all()
 
 
+def _batches_of_the_match(pred, monkeypatch):
+    """Record the source batch of every model pass (``warped_inputs``) of ``pred``."""
+    seen, model = [], pred.model
+    inner = model.warped_inputs
+
+    def spy(src, tgt, rev, cells=None):
+        seen.append(src.shape[0])
+        return inner(src, tgt, rev, cells)
+    monkeypatch.setattr(model, "warped_inputs", spy)
+    return seen
+
+
+def test_a_window_shared_by_every_point_runs_its_clean_pass_once(monkeypatch):
+    """A whole-frame window (one anchor image) shared by all points: the clean pass runs once, and the maps
+    equal those of the same window copied per point (exact)."""
+    from kltrace_ros.tracing.ops import add_tracer, reveal_mask
+
+    pred = load_predictor()
+    src, _, tgt = _windows_with_tracers(pred, n=1)
+    n, g = 16, pred.window // pred.patch   # (a multiple of 8: no padding)
+    traced = add_tracer(src.expand(n, -1, -1, -1), torch.rand(n, 2, generator=torch.Generator().manual_seed(0))
+                        * (pred.window - 16) + 8, pred.tracer_sigma)
+    masks = torch.stack([reveal_mask(g, g, pred.reveal, torch.Generator().manual_seed(i)) for i in range(3)])
+    seen = _batches_of_the_match(pred, monkeypatch)
+    shared = pred.kl_maps(src.expand(n, -1, -1, -1), traced, tgt.expand(n, -1, -1, -1), masks, unchanged=0)
+    assert seen == [1, n]                    # one clean pass, one traced pass per point
+    seen.clear()
+    copies = pred.kl_maps(src.repeat(n, 1, 1, 1), traced, tgt.repeat(n, 1, 1, 1), masks, unchanged=0)
+    assert seen == [1, n]                    # equal windows are found by content too
+    assert torch.equal(shared, copies) and shared.amax() > 0
+    # two anchor images (anchored tracking): one clean pass per image, the maps of each point as alone
+    two = torch.cat([src, src.flip(-1)])
+    which = torch.arange(n) % 2
+    seen.clear()
+    mixed = pred.kl_maps(two[which], add_tracer(two[which], torch.full((n, 2), 32.0), pred.tracer_sigma),
+                         tgt.expand(n, -1, -1, -1), masks, unchanged=0)
+    assert seen == [2, n]
+    alone = pred.kl_maps(two[1:], add_tracer(two[1:], torch.full((1, 2), 32.0), pred.tracer_sigma), tgt, masks,
+                         unchanged=0)
+    assert torch.allclose(mixed[1], alone[0], atol=1e-5, rtol=1e-4) and alone.amax() > 1e-4
+
+
+def test_maps_of_the_searched_cells_only_are_exact(monkeypatch):
+    """``window=``: the cells outside the searched region are not computed (0) and those inside are exactly the
+    full map's; the engine then finds the same tracks at its zoom scales."""
+    from kltrace_ros.tracing.ops import central_region, centre_block, reveal_mask
+
+    pred = load_predictor()
+    src, traced, tgt = _windows_with_tracers(pred)
+    g = pred.window // pred.patch
+    masks = torch.stack([reveal_mask(g, g, pred.reveal, torch.Generator().manual_seed(i),
+                                     keep_hidden=centre_block(g, 1)) for i in range(3)])
+    region = central_region(g, 0.5).flatten()
+    full = pred.kl_maps(src, traced, tgt, masks, unchanged=0)
+    seen = _batches_of_the_match(pred, monkeypatch)
+    part = pred.kl_maps(src, traced, tgt, masks, unchanged=0, window=region.view(g, g))
+    assert torch.equal(part[:, :, region], full[:, :, region]) and full[:, :, region].amax() > 0
+    assert not part[:, :, ~region].any() and full[:, :, ~region].any()
+    assert len(seen) == 2   # the clean and the traced pass of the 16 distinct windows
+
+
 def test_votes_of_masks_shared_by_the_batch_equal_per_sample_votes():
     pred = load_predictor()
     m = pred.model

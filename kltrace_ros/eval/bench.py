@@ -138,30 +138,37 @@ def bench_lras_tracing(size="tiny", points=64, device="cpu", masks: int | None =
     return out
 
 
-def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=5) -> dict:
+def bench_tracing(points=64, device="cpu", model=None, masks=None, scales=None, repeats=5,
+                  frames=((320, 240), (640, 480))) -> dict:
     """Pairs/s and points/s of KL-tracing at default settings, end to end (uint8 frames in, points out), and of
-    OpenCV LK and DIS on the same 320x240 frames and points, so the ratios come from one run. Times are the
-    median of ``repeats`` runs (LK and DIS: of 20 x repeats), after a warm-up run."""
+    OpenCV LK and DIS on the same frames and points, so the ratios come from one run; per frame size of
+    ``frames`` ((W, H), ...). Times are the median of ``repeats`` runs (LK and DIS: of 20 x repeats), after a
+    warm-up run."""
     eng = load_engine(Options(model=model, device=device, masks=masks, scales=scales))
-    img = cv2.resize(skimage_photo("astronaut.png"), (320, 240), interpolation=cv2.INTER_AREA)
+    photo = skimage_photo("astronaut.png")
     shift = np.array([3.5, -2.0])
-    f2 = cv2.warpAffine(img, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (320, 240),
-                        borderMode=cv2.BORDER_REFLECT)
-    q = np.random.default_rng(0).uniform([20, 20], [300, 220], (points, 2))
-    methods = {"kl": lambda: eng.track(img, f2, q).points, "lk": lambda: BASELINES["lk"](img, f2, q)[0],
-               "dis": lambda: BASELINES["dis"](img, f2, q)[0]}
-    out = {"model": eng.p.name, "device": device, "machine": machine(), "frame": "320x240", "points": points,
-           "settings": {"masks": eng.cfg.masks or eng.p.masks, "scales": eng.cfg.scales or default_scales(eng.p),
-                        "fb_check": eng.cfg.fb_threshold > 0}}
-    for name, run in methods.items():
-        run()   # warm-up
-        times = []
-        for _ in range(repeats if name == "kl" else 20 * repeats):
-            t0 = time.perf_counter()
-            pts = run()
-            times.append(time.perf_counter() - t0)
-        dt = float(np.median(times))
-        out[name] = {"seconds_per_pair": dt, "pairs_per_s": 1 / dt, "points_per_s": points / dt,
-                     "median_error_px": float(np.median(np.linalg.norm(pts - (q + shift), axis=1)))}
-    out["kl_slower_than"] = {b: out["kl"]["seconds_per_pair"] / out[b]["seconds_per_pair"] for b in ("lk", "dis")}
+    out = {"model": eng.p.name, "device": device, "machine": machine(), "threads": torch.get_num_threads(),
+           "points": points, "settings": {"masks": eng.cfg.masks or eng.p.masks,
+                                          "scales": eng.cfg.scales or default_scales(eng.p),
+                                          "fb_check": eng.cfg.fb_threshold > 0}}
+    for w, h in frames:
+        img = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+        f2 = cv2.warpAffine(img, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (w, h),
+                            borderMode=cv2.BORDER_REFLECT)
+        q = np.random.default_rng(0).uniform([w / 16, h / 12], [w - w / 16, h - h / 12], (points, 2))
+        methods = {"kl": lambda: eng.track(img, f2, q).points, "lk": lambda: BASELINES["lk"](img, f2, q)[0],
+                   "dis": lambda: BASELINES["dis"](img, f2, q)[0]}
+        res = {}
+        for name, run in methods.items():
+            run()   # warm-up
+            times = []
+            for _ in range(repeats if name == "kl" else 20 * repeats):
+                t0 = time.perf_counter()
+                pts = run()
+                times.append(time.perf_counter() - t0)
+            dt = float(np.median(times))
+            res[name] = {"seconds_per_pair": dt, "pairs_per_s": 1 / dt, "points_per_s": points / dt,
+                         "median_error_px": float(np.median(np.linalg.norm(pts - (q + shift), axis=1)))}
+        res["kl_slower_than"] = {b: res["kl"]["seconds_per_pair"] / res[b]["seconds_per_pair"] for b in ("lk", "dis")}
+        out[f"{w}x{h}"] = res
     return out

@@ -250,7 +250,7 @@ class Engine:
                                              ia=index)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
-        min_sharp = cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
+        min_sharp = self._min_sharpness(cfg)
         # visible: a strong peak, a peak that stands out of its map (the tracer was found), and in view
         vis = (conf.numpy() >= cfg.occlusion_threshold) & (sharp.numpy() >= min_sharp) & inside
         if cfg.min_appearance > 0:   # and the found point still looks like the query (not an occluder's texture)
@@ -274,6 +274,10 @@ class Engine:
         scales = cfg.scales or default_scales(self.p)
         first = cfg.first_crop or self.p.first_crop * shrink ** (default_scales(self.p) - scales)
         return replace(cfg, first_crop=min(float(first), float(self.p.image_size)), scales=scales, shrink=shrink)
+
+    def _min_sharpness(self, cfg: TraceConfig) -> float:
+        """The peak sharpness a visible point needs: the config's, else the predictor's calibration (0: no test)."""
+        return cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
 
     def _from_prior(self, cfg: TraceConfig) -> TraceConfig:
         """The schedule of a search that starts from a prior: the first ``prior_skip`` scales left out."""
@@ -304,6 +308,7 @@ class Engine:
         scales, crop, shrink = cfg.scales, float(cfg.first_crop), cfg.shrink   # stated by ``schedule``
         gen = torch.Generator().manual_seed(cfg.seed)
         reach = cfg.reach if cfg.reach is not None else getattr(p, "reach", 0.0)
+        min_sharp = self._min_sharpness(cfg)
         peak = torch.zeros(n)
         maps = [None] * n
         for k in range(scales):
@@ -329,7 +334,10 @@ class Engine:
             # refinement scales search near the previous estimate only (a predictor that can stop where the
             # search stops, ``window_maps``, computes nothing outside: its map is 0 there)
             region = central_region(g, cfg.zoom_search) if not whole and k > 0 and cfg.zoom_search < 1 else None
-            total = self._maps(src_w, traced, tgt_w, masks, cfg.method, cancel, region).cpu().sum(1)
+            # but the last scale's map is whole where its sharpness is a visibility test: the cells outside the
+            # searched region enter the mean that the peak is compared with
+            partial = None if k == scales - 1 and min_sharp > 0 else region
+            total = self._maps(src_w, traced, tgt_w, masks, cfg.method, cancel, partial).cpu().sum(1)
             count = (~masks).flatten(1).sum(0, keepdim=True).float()
             d = (total / count.clamp(min=1)).view(n, g, g)
             d = torch.where(count.view(1, g, g) > 0, d, torch.zeros_like(d))

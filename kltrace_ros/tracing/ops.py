@@ -56,6 +56,21 @@ def refine_peak(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, val
 
 
+def distinct_rows(x: torch.Tensor):
+    """Distinct rows of (B, ...) and each row's index among them: an expanded view is one row; equal windows
+    (the same anchor image at a whole-frame scale) are found by content. Rows all distinct (the usual case of
+    windows cut around different points) come back as they are, in their order."""
+    n = x.shape[0]
+    if n == 1 or x.stride(0) == 0:
+        return x[:1], torch.zeros(n, dtype=torch.long)
+    flat = x.flatten(1)
+    weights = torch.linspace(1, 2, flat.shape[1], dtype=torch.float64, device=flat.device)
+    if len(torch.unique(flat.to(torch.float64) @ weights)) == n:   # rows with different sums differ (exact)
+        return x, torch.arange(n)
+    u, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    return u.view(-1, *x.shape[1:]), inverse.cpu()
+
+
 def reveal_mask(gh: int, gw: int, ratio: float, generator: torch.Generator | None = None,
                 keep_hidden: torch.Tensor | None = None) -> torch.Tensor:
     """A (gh, gw) bool mask with ``round(ratio * gh * gw)`` revealed patches (True) chosen at random.

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from kltrace_ros.tracing.ops import distinct_rows
+
 from .layout import Layout, split_mask
 from .network import LRAS
 from .tokenizer import LPQ
@@ -161,8 +163,8 @@ class LRASPredictor:
         never see the ones dropped).
         """
         lay = self.layout
-        src_u, src_of = _distinct(sources)
-        tgt_u, tgt_of = _distinct(targets)
+        src_u, src_of = distinct_rows(sources)
+        tgt_u, tgt_of = distinct_rows(targets)
         s_codes, t_codes, v_codes = self._codes(src_u), self._codes(tgt_u), self._codes(traced)
         orders = [self._orders(m) for m in reveals]
         if window is not None:
@@ -359,12 +361,3 @@ class _Row(NamedTuple):
         """Rows that can share a model call: suffixes of one length, pointer blocks and windows of one size."""
         return (self.tokens.shape == other.tokens.shape and self.pointers == other.pointers
                 and len(self.hidden) == len(other.hidden))
-
-
-def _distinct(x: torch.Tensor):
-    """Distinct rows of (B, ...) and each row's index among them: an expanded view is one row; equal windows
-    (the same anchor image at the whole-frame scale) are found by content."""
-    if x.shape[0] == 1 or x.stride(0) == 0:
-        return x[:1], torch.zeros(x.shape[0], dtype=torch.long)
-    u, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
-    return u.view(-1, *x.shape[1:]), inverse.cpu()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kltrace_ros.tracing.ops import kl_map
+from kltrace_ros.tracing.ops import distinct_rows, kl_map
 
 from .network import MotionLRAS
 
@@ -33,21 +33,24 @@ class MotionPredictor:
         self.chunk = 32 if self.device.type == "cpu" else 256   # points per kl_maps step (see kl_maps)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Codes (B,G,G) of ``images`` (B,3,w,w), memoised for the last few tensors (the engine passes
-        the same windows once per reveal mask; ``_version`` changes if a tensor is modified in place)."""
+        """Codes (B,G,G) of ``images`` (B,3,w,w), memoised for the last eight window stacks: the same tensor (the
+        engine's generic path passes it once per reveal mask; ``_version`` changes if it is modified in place)
+        or equal windows (the backward check's windows around the queries are the first scale's)."""
         key = (images.data_ptr(), tuple(images.shape), images.stride(), images._version)
         for k, tensor, codes in self._cache:
-            if k == key and tensor is images:
+            unchanged = tensor._version == k[3]
+            if unchanged and (tensor is images and k == key or tensor.shape == images.shape
+                              and torch.equal(tensor, images)):
                 return codes
         codes = self.model.tokenizer.encode(images.to(self.device))
-        self._cache = [(key, images, codes)] + self._cache[:3]
+        self._cache = [(key, images, codes)] + self._cache[:7]
         return codes
 
-    def _encode_changed(self, images: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """Codes of ``images`` (B,3,w,w) that differ from ``base`` only in places (a tracer): the codes of
-        ``base`` with only the cells whose pixels differ encoded again (exact)."""
+    def _encode_changed(self, images: torch.Tensor, base: torch.Tensor, base_codes: torch.Tensor) -> torch.Tensor:
+        """Codes of ``images`` (B,3,w,w) that differ from ``base`` (B,3,w,w), whose codes are ``base_codes``, only
+        in places (a tracer): ``base_codes`` with only the cells whose pixels differ encoded again (exact)."""
         tok, cell = self.model.tokenizer, self.patch
-        codes = self._encode(base).clone()
+        codes = base_codes.clone()
         b, _, h, w = images.shape
         differs = (images.to(self.device) != base.to(self.device)).any(1)
         differs = differs.view(b, h // cell, cell, w // cell, cell).any(4).any(2)    # B,gh,gw
@@ -62,8 +65,10 @@ class MotionPredictor:
         reveal = reveal.to(self.device)
         return self.model(src, tgt, reveal, hidden_only=True)
 
+    window_maps = True   # kl_maps(window=...) computes only the searched cells (the engine's zoom scales)
+
     @torch.no_grad()
-    def kl_maps(self, sources, traced, targets, reveals, unchanged: float | None = None):
+    def kl_maps(self, sources, traced, targets, reveals, unchanged: float | None = None, window=None):
         """KL(p_clean || p_traced) (B, K, N) of every target cell under each of K reveal masks at once
         (``reveals`` (K,g,g) bool shared by the batch; 0 at revealed cells).
 
@@ -74,33 +79,51 @@ class MotionPredictor:
         ``unchanged`` (default ``self.unchanged``; normalised RGB and feature units): elsewhere the clean and
         traced distributions are equal up to that, their KL is second order in it, and the map is 0.
         ``unchanged=0``: exact. (Dev set: 0.1 leaves every peak and the table unchanged; see MODEL_CARD.)
+        ``window`` (g,g) bool: only these cells are searched; the others are left 0 (exact inside: every revealed
+        cell still votes).
         Points go through in chunks of ``self.chunk``, whose intermediates stay in the CPU cache."""
         eps = self.unchanged if unchanged is None else unchanged
-        c, n = self.chunk, len(sources)
+        c, n = self.chunk, len(traced)
+        # the clean pass of a window pair is computed once for every point that shares it (one whole-frame pair
+        # for all points, one per anchor image in anchored mode)
+        src_u, src_of = distinct_rows(sources)
+        tgt_u, tgt_of = distinct_rows(targets)
+        s_codes, t_codes = self._encode(src_u), self._encode(tgt_u)
+        src_of, tgt_of = src_of.to(self.device), tgt_of.to(self.device)
         # a partial chunk is padded to a multiple of 8 points (repeats of the last), so that a node whose
         # number of tracks changes from pair to pair runs few distinct tensor shapes (each new shape leaves
         # allocator memory behind)
         pad = torch.cat([torch.arange(n), torch.full(((-n) % min(8, c),), n - 1)]) if n % c else None
         if pad is not None:
-            sources, traced, targets = sources[pad], traced[pad], targets[pad]
-        maps = torch.cat([self._kl_maps(sources[i:i + c], traced[i:i + c], targets[i:i + c], reveals, eps)
-                          for i in range(0, len(sources), c)])
+            traced, src_of, tgt_of = traced[pad], src_of[pad.to(self.device)], tgt_of[pad.to(self.device)]
+        maps = torch.cat([self._kl_maps(src_u, s_codes, t_codes, src_of[i:i + c], tgt_of[i:i + c],
+                                        traced[i:i + c], reveals, eps, window) for i in range(0, len(traced), c)])
         return maps[:n]
 
-    def _kl_maps(self, sources, traced, targets, reveals, eps: float):
-        b, k = len(sources), len(reveals)
+    def _kl_maps(self, sources, s_codes, t_codes, src_of, tgt_of, traced, reveals, eps: float, window=None):
+        """The maps of one chunk: ``traced`` (B,3,w,w) of the source windows ``sources[src_of]`` (codes
+        ``s_codes``) into the target windows of codes ``t_codes[tgt_of]``."""
+        b, k = len(traced), len(reveals)
         m = self.model
-        src = torch.cat([self._encode(sources), self._encode_changed(traced, sources)])
+        pairs, pair_of = torch.unique(torch.stack([src_of, tgt_of], 1), dim=0, return_inverse=True)
+        variants = self._encode_changed(traced, sources[src_of.to(sources.device)], s_codes[src_of])
         rev = reveals.to(self.device).flatten(1)                               # K,N
-        # the hidden cells of every mask (padded with repeats where masks hide different numbers)
-        counts = (~rev).sum(1)
-        order = torch.sort((~rev).to(torch.uint8), dim=1, descending=True, stable=True).indices   # hidden first
-        pos = torch.arange(int(counts.max()), device=self.device)
-        cells = order.gather(1, torch.minimum(pos, counts.unsqueeze(1) - 1))   # K,M
-        content, feat, _ = m.warped_inputs(src, self._encode(targets), rev.unsqueeze(0), cells)
-        differ = torch.maximum((content[b:] - content[:b]).abs().amax(-1), (feat[b:] - feat[:b]).abs().amax(-1))
-        which = (differ > eps) & (pos < counts.unsqueeze(1))                    # B,K,M
+        # the searched hidden cells of every mask (padded with repeats where masks hide different numbers)
+        wanted = ~rev if window is None else ~rev & window.to(self.device).flatten()
+        counts = wanted.sum(1)
         maps = torch.zeros(b, k, rev.shape[1], device=self.device)
+        if counts.max() == 0:
+            return maps
+        order = torch.sort(wanted.to(torch.uint8), dim=1, descending=True, stable=True).indices   # wanted first
+        pos = torch.arange(int(counts.max()), device=self.device)
+        cells = order.gather(1, torch.minimum(pos, counts.unsqueeze(1) - 1).clamp(min=0))   # K,M
+        content_c, feat_c, _ = m.warped_inputs(s_codes[pairs[:, 0]], t_codes[pairs[:, 1]], rev.unsqueeze(0), cells)
+        if len(pairs) < b or not torch.equal(pair_of, torch.arange(b, device=pair_of.device)):   # shared ones
+            content_c, feat_c = content_c[pair_of], feat_c[pair_of]
+        content, feat, _ = m.warped_inputs(variants, t_codes if len(t_codes) == 1 else t_codes[tgt_of],
+                                           rev.unsqueeze(0), cells)
+        differ = torch.maximum((content - content_c).abs().amax(-1), (feat - feat_c).abs().amax(-1))
+        which = (differ > eps) & (pos < counts.unsqueeze(1))                    # B,K,M
         bi, ki, mi = which.nonzero(as_tuple=True)
         if len(bi):
             # rows padded to a multiple of ROWS (repeating the last one), so that the head sees few distinct
@@ -108,8 +131,8 @@ class MotionPredictor:
             pad = torch.cat([torch.arange(len(bi), device=self.device),
                              torch.full(((-len(bi)) % ROWS,), len(bi) - 1, device=self.device)])
             bi, ki, mi = bi[pad], ki[pad], mi[pad]
-            logits = m.code_logits(torch.cat([content[bi, ki, mi], content[b + bi, ki, mi]]),
-                                   torch.cat([feat[bi, ki, mi], feat[b + bi, ki, mi]]))
+            logits = m.code_logits(torch.cat([content_c[bi, ki, mi], content[bi, ki, mi]]),
+                                   torch.cat([feat_c[bi, ki, mi], feat[bi, ki, mi]]))
             p_clean, p_traced = logits.view(2, 1, -1, logits.shape[-1]).unbind(0)
             maps[bi, ki, cells[ki, mi]] = kl_map(p_clean, p_traced)[0]
         return maps
