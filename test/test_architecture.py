@@ -13,7 +13,7 @@ ALLOWED = {
     "tracing": {"tracing"},
     "models": {"models", "tracing.ops"},       # predictors share the leaf (KL map), never the engine
     "tracking": {"tracking", "tracing", "models"},
-    "io": {"io", "tracking.tracker"},          # track records
+    "io": {"io", "tracking.tracker", "tracking.depth"},   # track records, their 3D (RGB-D bags)
     "training": {"training", "models", "tracing.ops", "io"},
     "eval": {"eval", "models", "tracing", "tracking", "io"},
     "batch": {"batch", "tracking", "io"},

@@ -64,3 +64,43 @@ def test_bag_errors_are_one_line_and_leave_no_output(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert text in proc.stderr and len(proc.stderr.strip().splitlines()[-1]) > 0, proc.stderr[-2000:]
         assert not out.exists() and not (tmp_path / "out.mcap.partial").exists(), src
+
+
+def test_rgbd_bag_gives_the_node_s_3d_fields(tmp_path):
+    """An RGB-D recording (colour, 16UC1 depth recorded after it, camera_info with a distorted lens): the tracks
+    carry 3D positions matching the exact geometry and /kltrace/tracks_cloud is written."""
+    from kltrace_ros.eval.rgbd import rgbd_camera
+
+    cam = rgbd_camera()
+    rays = cam.rays()
+    frames = [cam.render(i, rays) for i in range(4)]
+    write_image_bag(tmp_path / "in", [f[0] for f in frames], "/cam/color/image_raw", cam.rate, "cam", 10**9,
+                    depths=("/cam/aligned_depth_to_color/image_raw", [f[1] for f in frames]),
+                    camera=("/cam/color/camera_info", cam.K, cam.D))
+    out = tmp_path / "out.mcap"
+    proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
+                           "/cam/color/image_raw", "--depth-topic", "/cam/aligned_depth_to_color/image_raw",
+                           "--camera-info-topic", "/cam/color/camera_info", "--out", str(out), "--points", "16", "--masks", "1", "--no-overlay"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'pairs_3d': 3" in proc.stdout, proc.stdout
+    seen = {}
+    with AnyReader([out], default_typestore=typestore()) as r:
+        for conn, t, raw in r.messages():
+            seen.setdefault(conn.topic, []).append(r.deserialize(raw, conn.msgtype))
+    assert len(seen["/kltrace/tracks"]) == 3 and len(seen["/kltrace/tracks_cloud"]) == 3
+    placed = 0
+    for i, msg in enumerate(seen["/kltrace/tracks"], start=1):
+        for t in msg.tracks:
+            if t.has_position:
+                pos = cam.truth(i, np.array([[t.x, t.y]]))[0][0]
+                assert np.linalg.norm([t.position.x - pos[0], t.position.y - pos[1], t.position.z - pos[2]]) \
+                    < 0.02 * pos[2]
+                placed += 1
+    assert placed >= 20
+    assert seen["/kltrace/tracks_cloud"][-1].width == sum(t.has_position for t in seen["/kltrace/tracks"][-1].tracks)
+    # one topic without the other is refused, naming both
+    half = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
+                           "/cam/color/image_raw", "--depth-topic", "/cam/aligned_depth_to_color/image_raw", "--out",
+                           str(tmp_path / "half.mcap")], capture_output=True, text=True, timeout=120)
+    assert half.returncode != 0 and "--depth-topic and --camera-info-topic together" in half.stderr

@@ -22,7 +22,8 @@ def test_config_and_readme_document_every_parameter():
     assert "make demo" in readme and "make test" in readme
 
 
-@pytest.mark.parametrize("name, args", [("kltrace", ("image", "namespace", "params_file", "device")),
+@pytest.mark.parametrize("name, args", [("kltrace", ("image", "namespace", "params_file", "device", "use_depth", "depth",
+                                                    "camera_info")),
                                         ("kltrace_fleet", ("robots", "camera", "params_file", "device", "num_points"))])
 def test_launch_files_compile_and_take_the_documented_arguments(name, args):
     launch = ROOT / "launch" / f"{name}.launch.py"

@@ -18,6 +18,7 @@ from kltrace_ros import __version__
 from kltrace_ros.eval import bench
 from kltrace_ros.eval.calibrate import calibrate
 from kltrace_ros.eval.longseq import evaluate_long, format_long
+from kltrace_ros.eval.rgbd import rgbd_camera
 from kltrace_ros.eval.run import evaluate, format_table
 from kltrace_ros.eval.suite import make_suite
 from kltrace_ros.io.files import write_json
@@ -297,6 +298,10 @@ def _add_bag(sub) -> None:
     p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--out", type=Path, required=True, help="output bag (new path; .mcap for MCAP storage)")
     p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--depth-topic", default=None, help="RGB-D: aligned depth image topic (16UC1 mm or 32FC1 m); "
+                                                       "tracks get 3D positions and velocities, and "
+                                                       "/kltrace/tracks_cloud is written (with --camera-info-topic)")
+    p.add_argument("--camera-info-topic", default=None, help="RGB-D: the colour camera's sensor_msgs/CameraInfo")
     add_stream_args(p)
     p.set_defaults(func=_run_bag)
 
@@ -305,7 +310,9 @@ def _run_bag(args) -> int:
     from kltrace_ros.io.bag import process_bag  # rosbags: heavy, only for this command
 
     stats = run_offline(args, lambda pipe, view: process_bag(args.input, args.topic, args.out, pipe,
-                                                             overlay=not args.no_overlay, view=view))
+                                                             overlay=not args.no_overlay, view=view,
+                                                             depth_topic=args.depth_topic,
+                                                             camera_info_topic=args.camera_info_topic))
     print(f"wrote {args.out}: {stats}")
     return 0
 
@@ -379,7 +386,8 @@ def _run_bags(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the node on real footage fed by this process; overlay video + tracks")
     p.add_argument("--video", type=Path, default=None, help="video or image folder (default: ../shared/data/video "
-                   "when present; 'builtin': scikit-image's coffee photo with a simulated camera motion)")
+                   "when present; 'builtin': scikit-image's coffee photo with a simulated camera motion; 'rgbd': a "
+                   "generated RGB-D camera, the node with use_depth: tracks in 3D)")
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--points", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -390,7 +398,13 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> int:
     from kltrace_ros.ros.demo import run_demo  # the ROS layer (rclpy), only for this command
 
-    run_demo(args.video, args.frames, args.points, args.out, args.device)
+    rgbd = None
+    if str(args.video) == "rgbd":
+        cam = rgbd_camera()
+        rays = cam.rays()
+        rgbd = ([cam.render(i, rays)[:2] for i in range(args.frames)], cam.K, cam.D,
+                "the generated RGB-D camera (a board moving in 3D before a wall; depth and camera_info)")
+    run_demo(args.video, args.frames, args.points, args.out, args.device, rgbd)
     return 0
 
 
@@ -410,7 +424,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--scales", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--minutes", type=float, default=10.0, help="node: soak duration after warm-up")
-    p.add_argument("--frame-size", default=None, help="node, bags: camera frames WxH (default 640x480, 320x240)")
+    p.add_argument("--frame-size", default=None,
+                   help="camera frames WxH (node: default 640x480; bags: 320x240; tracing: 320x240 and 640x480)")
     p.add_argument("--recordings", type=int, default=4, help="bags: generated recordings")
     p.add_argument("--frames", type=int, default=10, help="bags: frames per recording")
     p.add_argument("--workers", type=int, default=None, help="bags: Ray workers (default: one per CPU)")
@@ -418,6 +433,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--tracking", choices=("chained", "anchored"), default=None,
                    help="node: tracking mode (default: the node's)")
     p.add_argument("--out", type=Path, default=Path("out/soak"), help="node: soak.json, soak.png, node.log")
+    p.add_argument("--depth", action="store_true", help="node: run twice, without and with an RGB-D camera "
+                                                        "(use_depth; the time of the 3D lift per pair)")
     p.set_defaults(func=_run_bench)
 
 
@@ -430,7 +447,11 @@ def _run_bench(args) -> int:
         params = {"num_points": args.points, "device": dev, "heatmap_points": 4}
         params.update({k: v for k, v in (("masks", args.masks), ("scales", args.scales), ("tracking", args.tracking))
                        if v})
-        res = run_soak(args.minutes, (w, h), args.rate, params, args.out)
+        if args.depth:
+            res = {name: run_soak(args.minutes, (w, h), args.rate, params, args.out / name, depth=name == "depth_on")
+                   for name in ("depth_off", "depth_on")}
+        else:
+            res = run_soak(args.minutes, (w, h), args.rate, params, args.out)
     elif args.what == "bags":
         from kltrace_ros.batch.bench import bench_bags  # rosbags and Ray, only for this benchmark
 
@@ -440,7 +461,8 @@ def _run_bench(args) -> int:
     elif args.what == "lras-tracing":
         res = bench.bench_lras_tracing(args.size, args.points, dev, args.masks)
     else:
-        res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales)
+        sizes = {"frames": (_size(args.frame_size),)} if args.frame_size else {}
+        res = bench.bench_tracing(args.points, dev, args.model, args.masks, args.scales, **sizes)
     print(json.dumps(res, indent=1))
     return 0
 

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kltrace_ros.io.images import SKIMAGE_IMAGES
+from kltrace_ros.tracking.depth import CameraModel, lift_tracks
 from kltrace_ros.tracking.pipeline import TrackingPipeline
 
 from .baselines import BASELINES
@@ -174,7 +175,45 @@ def score(seq: Sequence, pos: np.ndarray, vis: np.ndarray, alive: np.ndarray | N
             "visible_over_8px": float((err[1:][shown] > 8).mean()) if shown.any() else 0.0,
             "occluded_flagged": float((~vis[1:][occluded]).mean()) if occluded.any() else float("nan"),
             "survival": float(alive.mean()) if alive is not None else float(vis[-1].mean()),
+            **(score_3d(seq, pos, vis) if seq.depth is not None else {}),
             "error_by_frame": med}
+
+
+FRAME_SECONDS = 0.1   # the sequences' frame period (track_pipeline stamps them at 10 Hz)
+
+
+def score_3d(seq: Sequence, pos: np.ndarray, vis: np.ndarray) -> dict:
+    """What an RGB-D robot would get from these tracks (``tracking.depth``, the node's ``use_depth``): each track
+    reported visible (and visible) lifted with the frame's depth, against the query's true point in the camera
+    frame; its velocity between consecutive frames against the true one. Medians over frames 1..T-1: the 3D
+    error in m and relative to the true depth, the velocity error relative to the true speed, and the share of
+    those tracks that got a 3D position (the rest on a depth edge)."""
+    h, w = seq.frames.shape[1:3]
+    camera = CameraModel(seq.K, np.zeros(0), (w, h))
+    world = np.concatenate([seq.points, np.ones((len(seq.points), 1))], 1)
+    truth = np.stack([(np.linalg.inv(p) @ world.T).T[:, :3] for p in seq.poses])       # T,N,3 camera frame
+    err, rel, vel, placed, n = [], [], [], 0, 0
+    for t in range(1, len(pos)):
+        shown = vis[t] & seq.visible[t]
+        older = np.where((vis[t - 1] & seq.visible[t - 1])[:, None], pos[t - 1], np.nan)
+        lift = lift_tracks(camera, seq.depth[t], np.where(shown[:, None], pos[t], np.nan), seq.depth[t - 1], older,
+                           FRAME_SECONDS)
+        n += shown.sum()
+        ok = lift.has_position
+        placed += ok.sum()
+        d = np.linalg.norm(lift.position[ok] - truth[t, ok], axis=1)
+        err += list(d)
+        rel += list(d / truth[t, ok, 2])
+        v = lift.has_velocity
+        true_v = (truth[t, v] - truth[t - 1, v]) / FRAME_SECONDS
+        speed = np.linalg.norm(true_v, axis=1)
+        moving = speed > 1e-3
+        vel += list(np.linalg.norm(lift.velocity[v] - true_v, axis=1)[moving] / speed[moving])
+    nan = float("nan")
+    return {"error_3d_m": float(np.median(err)) if err else nan,
+            "error_3d_rel": float(np.median(rel)) if rel else nan,
+            "velocity_error_rel": float(np.median(vel)) if vel else nan,
+            "placed_3d": float(placed / n) if n else nan}
 
 
 def inside_view(seq: Sequence) -> np.ndarray:
@@ -211,7 +250,8 @@ def evaluate_long(sequences: int = 3, n_frames: int = 48, methods=("lk", "dis"),
 
 def format_long(results: dict) -> str:
     keys = ["delta_avg", "AJ", "OA"] + [f"median_error_f{t}" for t in REPORT_FRAMES] + [
-        "median_error_last", "visible_over_8px", "occluded_flagged", "survival"]
+        "median_error_last", "visible_over_8px", "occluded_flagged", "survival", "error_3d_m", "error_3d_rel",
+        "velocity_error_rel", "placed_3d"]
     rows = [r for r in keys if any(r in o for o in results["overall"].values())]
     lines = ["| method | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for m, o in results["overall"].items():

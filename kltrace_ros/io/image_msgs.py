@@ -10,7 +10,8 @@ scaled to 8 bit by the top byte (value / 257, rounded), the same for every frame
 brightness stays consistent; compressed 16-bit images come out of cv_bridge's decoder already in
 8 bit (OpenCV keeps the top byte: at most one level from the raw path) and without alpha.
 
-Supported encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1; everything else raises
+Supported encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1 (depth: 16UC1 in millimetres, 32FC1 in metres,
+``depth_to_metres``); everything else raises
 ``ImageError`` with a message that names the problem and the fix. Works on any object with the
 Image fields (rclpy or rosbags messages); no rclpy import.
 
@@ -33,6 +34,7 @@ ENCODINGS = {  # encoding -> (channels, bytes per channel)
     "rgb8": (3, 1), "bgr8": (3, 1), "rgba8": (4, 1), "bgra8": (4, 1),
     "mono8": (1, 1), "mono16": (1, 2), "16uc1": (1, 2),
 }
+DEPTH_ENCODINGS = {"16uc1": (1, 2), "32fc1": (1, 4)}   # REP-118: millimetres (uint16), metres (float32)
 BRIDGE = CvBridge()
 MAX_IMAGE_PIXELS = 4096 * 4096     # default limit: generous for real cameras
 
@@ -46,7 +48,7 @@ def _rows(msg, enc: str) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageError(f"empty image ({w}x{h}): check the camera driver")
-    ch, bpc = ENCODINGS[enc]
+    ch, bpc = {**ENCODINGS, **DEPTH_ENCODINGS}[enc]
     if step < w * ch * bpc:
         raise ImageError(f"image step {step} is smaller than width*bytes per pixel ({w * ch * bpc}) "
                          f"for {msg.encoding}: the message is malformed")
@@ -65,21 +67,45 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
                          f"image (image_proc/resize) or raise max_image_pixels")
 
 
+def _checked_rows(msg, encodings: dict, max_pixels: int, unsupported: str) -> tuple[str, np.ndarray]:
+    """The lower-case encoding and the pixel rows of ``msg``, after checking the encoding (one of ``encodings``;
+    else ``unsupported`` is the error), the size limit and the fields."""
+    enc = msg.encoding.lower()
+    if enc not in encodings:
+        raise ImageError(unsupported)
+    check_size(int(msg.width), int(msg.height), max_pixels)
+    return enc, _rows(msg, enc)
+
+
+def _one_channel(msg, rows: np.ndarray, dtype: str) -> np.ndarray:
+    """(H,W) pixels of a one-channel image's rows as ``dtype`` ("u2", "f4") in the message's byte order."""
+    return rows.copy().view((">" if msg.is_bigendian else "<") + dtype).reshape(rows.shape[0], int(msg.width))
+
+
 def image_to_rgb(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H,W,3) uint8 RGB from a sensor_msgs/Image."""
-    enc = msg.encoding.lower()
-    if enc not in ENCODINGS:
-        raise ImageError(f"unsupported image encoding '{msg.encoding}': publish one of "
-                         f"{', '.join(sorted(ENCODINGS))} (e.g. through image_proc/debayer)")
-    check_size(int(msg.width), int(msg.height), max_pixels)
-    rows = _rows(msg, enc)
-    h, w = rows.shape[0], int(msg.width)
+    enc, rows = _checked_rows(msg, ENCODINGS, max_pixels, f"unsupported image encoding '{msg.encoding}': publish one "
+                              f"of {', '.join(sorted(ENCODINGS))} (e.g. through image_proc/debayer)")
     if ENCODINGS[enc][1] == 2:
-        px = rows.copy().view(">u2" if msg.is_bigendian else "<u2").reshape(h, w).astype(np.uint32)
-        gray = ((px + 128) // 257).clip(0, 255).astype(np.uint8)
+        gray = ((_one_channel(msg, rows, "u2").astype(np.uint32) + 128) // 257).clip(0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    packed = SimpleNamespace(height=h, width=w, encoding=enc, is_bigendian=0, data=np.ascontiguousarray(rows))
+    packed = SimpleNamespace(height=rows.shape[0], width=int(msg.width), encoding=enc, is_bigendian=0,
+                             data=np.ascontiguousarray(rows))
     return np.ascontiguousarray(BRIDGE.imgmsg_to_cv2(packed, "rgb8"))
+
+
+def depth_to_metres(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """(H,W) float32 depth in metres from a depth sensor_msgs/Image (REP-118: 16UC1 in millimetres, 32FC1 in
+    metres); unknown depth (0, NaN, inf) comes out as NaN."""
+    enc, rows = _checked_rows(msg, DEPTH_ENCODINGS, max_pixels, f"unsupported depth encoding '{msg.encoding}': "
+                              f"publish 16UC1 (millimetres) or 32FC1 (metres), aligned to the colour image (REP-118; "
+                              f"e.g. depth_image_proc/convert_metric)")
+    if enc == "16uc1":
+        out = _one_channel(msg, rows, "u2").astype(np.float32) / 1000.0
+    else:
+        out = _one_channel(msg, rows, "f4").astype(np.float32)
+    out[~(np.isfinite(out) & (out > 0))] = np.nan
+    return out
 
 
 def compressed_size(data: bytes, max_pixels: int) -> None:

@@ -33,17 +33,18 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from kltrace_ros.io.drawing import Trails, draw_tracks, heatmap_image
-from kltrace_ros.io.image_msgs import ImageError, compressed_to_rgb, image_to_rgb, rgb_to_image
-from kltrace_ros.io.messages import MessageTypes, pair_messages, stamp_ns
+from kltrace_ros.io.image_msgs import ImageError, compressed_to_rgb, depth_to_metres, image_to_rgb, rgb_to_image
+from kltrace_ros.io.messages import MessageTypes, cloud_message, pair_messages, stamp_ns
 from kltrace_ros.models.registry import resolve_device
 from kltrace_ros.msg import FlowArray, Track, TrackArray
 from kltrace_ros.tracing.engine import Cancelled
 from kltrace_ros.tracking.builder import Options, build_pipeline, load_engine, trace_config, tracker_config
+from kltrace_ros.tracking.depth import CameraError, CameraModel, DepthError, DepthStream
 from kltrace_ros.tracking.pipeline import Reset
 
 SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
@@ -52,7 +53,7 @@ SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=Reliability
 # with reliable QoS on both sides every frame arrives
 LARGE_SAMPLE_BYTES = 16 * 2**20
 MESSAGES = MessageTypes(Track=Track, TrackArray=TrackArray, FlowArray=FlowArray, Point32=Point32, Vector3=Vector3,
-                        Time=Time)
+                        Time=Time, Point=Point, PointCloud2=PointCloud2, PointField=PointField)
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,18 @@ PARAMETERS = {
     "min_appearance": Param(0.7, "visible only if the found point's neighbourhood still looks like the query's "
                                  "(normalised cross-correlation within 2 px; 0 = off)", True, (0.0, 1.0)),
     "heatmap_points": Param(4, "how many tracks' KL maps ~/debug/heatmap shows", True, (0, 64)),
-    "marker_scale": Param(0.001, "metres per pixel for ~/markers (drawn in the image plane, z = 1 m)", True,
-                          (1e-9, 1e3)),
+    "marker_scale": Param(0.001, "metres per pixel for ~/markers drawn in the image plane (z = 1 m); with depth "
+                                 "(use_depth) they are drawn in 3D, in metres", True, (1e-9, 1e3)),
     "max_point_passes": Param(4096, "work budget per pair: num_points x masks x (scales + 1 with the fb check); larger "
                                     "settings are refused with the time they would take", range=(1, 10**7)),
     "max_image_pixels": Param(4096 * 4096, "larger images are refused before decoding (decompression bombs)", True,
                               (1, 2**28)),
+    "use_depth": Param(False, "RGB-D: subscribe to an aligned depth image (16UC1 mm or 32FC1 m, REP-118) and the "
+                              "colour camera's camera_info (topics depth and camera_info, or <input>/depth and "
+                              "<input>/camera_info with several inputs) and publish tracks in 3D: positions and "
+                              "velocities in the camera's optical frame, ~/tracks_cloud, 3D ~/markers"),
+    "depth_tolerance": Param(0.02, "use_depth: a colour frame takes the depth image nearest in stamp within this "
+                                   "many seconds (none: traced in 2D, counted in /diagnostics)", True, (0.0, 10.0)),
     "foxglove_port": Param(0, "serve overlay and heatmap to Foxglove on ws://127.0.0.1:PORT (0 = off)",
                            range=(0, 65535)),
 }
@@ -174,6 +181,12 @@ class Camera:
     size: tuple | None = None             # (H, W) of its last image: checks ~/queries even right after a reset
     best_effort: bool = True              # the input's QoS (after qos_overrides)
     told_large: bool = False              # the large-frame transport advice was logged
+    depth: DepthStream | None = None      # use_depth: its depth frames (filled by the depth callback)
+    info: object = None                   # use_depth: the newest camera_info message (set by its callback)
+    camera: tuple | None = None           # (camera_info message, CameraModel or CameraError), worker-owned
+    depth_errors: int = 0                 # pairs traced in 2D because depth or camera_info could not be used
+    said: dict = field(default_factory=dict)   # depth problem kind -> when it was last logged
+    depth_ms: deque = field(default_factory=lambda: deque(maxlen=50))   # use_depth: matching + 3D lift per pair
 
 
 class KLTraceNode(Node):
@@ -228,6 +241,15 @@ class KLTraceNode(Node):
             "markers": self.create_publisher(MarkerArray, prefix + "markers", 2),
         }
         cam = Camera(topic, None, pubs)
+        if self.params["use_depth"]:
+            base = topic.rstrip("/") + "/" if several else ""
+            pubs["cloud"] = self.create_publisher(PointCloud2, prefix + "tracks_cloud", 2)
+            cam.depth = DepthStream(round(self.params["depth_tolerance"] * 1e9),
+                                    decode=lambda m: depth_to_metres(m, self.params["max_image_pixels"]))
+            self.create_subscription(Image, base + "depth", lambda m: cam.depth.add(stamp_ns(m.header.stamp), m),
+                                     qos_profile_sensor_data)
+            self.create_subscription(CameraInfo, base + "camera_info", lambda m: setattr(cam, "info", m),
+                                     qos_profile_sensor_data)
         cam.pipeline = build_pipeline(options(self.params), self.engine, lambda reason: self._warn_reset(cam, reason),
                                       self.stopping)
         kind, name = (CompressedImage, topic + "/compressed") if self.params["compressed"] else (Image, topic)
@@ -342,6 +364,8 @@ class KLTraceNode(Node):
             pipe.tracker.config = tracker_config(opts)
             pipe.frame_gap = opts.frame_gap
             pipe.tracker.limit(opts.num_points)
+            if cam.depth is not None:
+                cam.depth.tolerance_ns = round(self.params["depth_tolerance"] * 1e9)
 
     def _warn_reset(self, cam: Camera, reset: Reset) -> None:
         """Rate-limited per kind (rclpy throttles per call site), with the running count."""
@@ -364,6 +388,10 @@ class KLTraceNode(Node):
         rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
         cam.size = rgb.shape[:2]
         t_in = time.monotonic()
+        t_depth = time.perf_counter()
+        if cam.depth is not None:
+            self._depth_of(cam, msg)
+        t_depth = time.perf_counter() - t_depth
         res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index, period_ns)
         if res is None:
             return
@@ -372,14 +400,69 @@ class KLTraceNode(Node):
         if passes:
             rate = res.seconds / passes
             self.seconds_per_pass = rate if not self.seconds_per_pass else 0.8 * self.seconds_per_pass + 0.2 * rate
+        lift = None
+        if cam.depth is not None:
+            t0 = time.perf_counter()
+            lift = self._lift(cam, res, rgb.shape[:2])
+            cam.depth_ms.append(1000 * (t_depth + time.perf_counter() - t0))
         cam.latency_ms.append(1000 * (time.monotonic() - t_in))
-        self._publish(cam, msg.header, rgb, res)
+        self._publish(cam, msg.header, rgb, res, lift)
+
+    # ------------------------------------------------------------------ depth
+    def _depth_error(self, cam: Camera, kind: str, text: str) -> None:
+        """Say why a pair has no 3D: each kind of problem at most every 5 s (one call site, so rclpy's own
+        throttle would hide one kind behind another)."""
+        cam.depth_errors += 1
+        now = time.monotonic()
+        if now - cam.said.get(kind, -1e9) >= 5.0:
+            cam.said[kind] = now
+            self.get_logger().error(f"{cam.topic}: {text}; tracking goes on in 2D ({cam.depth_errors} pairs without "
+                                    f"3D so far; repeats within 5 s are not logged)")
+
+    def _depth_of(self, cam: Camera, msg) -> None:
+        """Match this colour frame's depth (remembered by the stream for the pair's 3D), or say why there is none."""
+        try:
+            if cam.depth.frame(stamp_ns(msg.header.stamp)) is not None:
+                return
+        except ImageError as err:
+            self._depth_error(cam, "depth", f"depth: {err}")
+            return
+        near = cam.depth.nearest_ms
+        self.get_logger().warning(
+            f"{cam.topic}: no depth image within depth_tolerance={self.params['depth_tolerance']} s of this colour "
+            f"frame ({'no depth received yet' if near is None else f'the nearest is {near:.0f} ms away'}"
+            f"; {cam.depth.unmatched} frames traced in 2D so far): check that the depth topic is remapped and "
+            f"stamped like the colour images, or raise depth_tolerance", throttle_duration_sec=5.0)
+
+    def _lift(self, cam: Camera, res, shape):
+        """The 3D of a pair's tracks, or None (no depth for it, or depth or camera_info that cannot be used)."""
+        info = cam.info
+        if info is None:
+            self._depth_error(cam, "no_info", "no camera_info received: remap camera_info to the colour camera's")
+            return None
+        if cam.camera is None or cam.camera[0] is not info:
+            try:
+                model = CameraModel.from_info(info.k, info.d, info.distortion_model, info.width, info.height)
+            except CameraError as err:
+                model = err
+            cam.camera = (info, model)
+        model = cam.camera[1]
+        if isinstance(model, CameraError):
+            self._depth_error(cam, "camera_info", str(model))
+            return None
+        try:
+            return cam.depth.lift(model, res, shape)
+        except DepthError as err:
+            self._depth_error(cam, "size", str(err))
+            return None
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, cam: Camera, header, rgb, res) -> None:
-        tracks, flow = pair_messages(MESSAGES, header, res)
+    def _publish(self, cam: Camera, header, rgb, res, lift=None) -> None:
+        tracks, flow = pair_messages(MESSAGES, header, res, lift)
         cam.pubs["tracks"].publish(tracks)
         cam.pubs["flow"].publish(flow)
+        if "cloud" in cam.pubs:
+            cam.pubs["cloud"].publish(cloud_message(MESSAGES, header, res, lift))
         wants = {k: cam.pubs[k].get_subscription_count() > 0 for k in ("overlay", "heatmap", "markers")}
         if wants["overlay"] or self.view is not None:
             self._show(cam, "overlay", header, draw_tracks(rgb, res.tracks, cam.trails), wants["overlay"])
@@ -387,7 +470,7 @@ class KLTraceNode(Node):
         if (wants["heatmap"] or self.view is not None) and res.maps and n_maps > 0:
             self._show(cam, "heatmap", header, heatmap_image(rgb, res.maps[:n_maps]), wants["heatmap"])
         if wants["markers"]:
-            cam.pubs["markers"].publish(self._markers(header, res.tracks))
+            cam.pubs["markers"].publish(self._markers(header, res, lift))
 
     def _show(self, cam: Camera, name: str, header, rgb: np.ndarray, publish: bool) -> None:
         if publish:
@@ -395,15 +478,36 @@ class KLTraceNode(Node):
         if self.view is not None:
             self.view.show(name, rgb, header.frame_id)
 
-    def _markers(self, header, tracks) -> MarkerArray:
+    def _markers(self, header, res, lift=None) -> MarkerArray:
+        """Visible tracks as points and their motion over the pair: in 3D in the camera's optical frame when the
+        pair has depth (``lift``: an arrow per track from its older position to the newer, metres), else as lines
+        in the image plane (``marker_scale`` metres per pixel, z = 1 m)."""
         k = self.params["marker_scale"]
         pts = Marker(header=header, ns="kltrace", id=0, type=Marker.POINTS, action=Marker.ADD)
-        pts.scale.x = pts.scale.y = 4 * k
         pts.color.g, pts.color.a = 1.0, 1.0
         vec = Marker(header=header, ns="kltrace", id=1, type=Marker.LINE_LIST, action=Marker.ADD)
-        vec.scale.x = k
         vec.color.r, vec.color.a = 1.0, 1.0
-        for t in tracks:
+        if lift is not None:
+            # the previous message's arrows go first (their number changes from pair to pair)
+            out = [Marker(header=header, ns="kltrace_3d", id=0, action=Marker.DELETEALL), pts]
+            pts.ns = "kltrace_3d"
+            pts.scale.x = pts.scale.y = 0.02
+            seconds = (res.newer_stamp_ns - res.older_stamp_ns) / 1e9
+            for i in np.flatnonzero(lift.has_position):
+                p = lift.position[i]
+                pts.points.append(Point(x=float(p[0]), y=float(p[1]), z=float(p[2])))
+                if lift.has_velocity[i]:     # an arrow from the older position to the newer one
+                    o = p - lift.velocity[i] * seconds
+                    arrow = Marker(header=header, ns="kltrace_3d", id=len(out), type=Marker.ARROW, action=Marker.ADD)
+                    arrow.points = [Point(x=float(o[0]), y=float(o[1]), z=float(o[2])),
+                                    Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))]
+                    arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.012, 0.015
+                    arrow.color.r, arrow.color.a = 1.0, 1.0
+                    out.append(arrow)
+            return MarkerArray(markers=out)
+        pts.scale.x = pts.scale.y = 4 * k
+        vec.scale.x = k
+        for t in res.tracks:
             if not t.visible:
                 continue
             pts.points.append(Point(x=t.x * k, y=t.y * k, z=1.0))
@@ -428,6 +532,10 @@ class KLTraceNode(Node):
                 *((k, str(getattr(counts, k))) for k in ("seeded", "reseeded", "lost", "lost_out_of_view",
                                                          "lost_occluded", "lost_reset", "lost_crowded")),
                 ("errors", str(cam.errors)), ("resets", str(cam.resets)),
+                *((("depth_matched", str(cam.depth.matched)), ("depth_unmatched", str(cam.depth.unmatched)),
+                   ("depth_errors", str(cam.depth_errors)),
+                   ("depth_ms", f"{np.mean(cam.depth_ms) if cam.depth_ms else 0.0:.2f}")) if cam.depth is not None
+                  else ()),
                 ("device", str(self.device)), ("model", self.engine.p.name))]
             arr.status.append(st)
         self.diag_pub.publish(arr)

@@ -25,7 +25,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from tqdm import tqdm
 
 from kltrace_ros.io.image_msgs import rgb_to_image
@@ -83,7 +83,8 @@ class Recorder:
 
 
 def start_node(params: dict, env: dict, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/soak_camera/image_raw"]
+    cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/soak_camera/image_raw",
+           "-r", "depth:=/soak_camera/depth", "-r", "camera_info:=/soak_camera/camera_info"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -101,16 +102,17 @@ def stop(proc: subprocess.Popen) -> tuple[int, float]:
 
 def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0, params: dict | None = None,
              out: Path | None = None, speed: float = 20.0, jump: float = 70.0, jump_every: float = 5.0,
-             warmup_pairs: int = 5) -> dict:
+             warmup_pairs: int = 5, depth: bool = False) -> dict:
     """Run the node for ``minutes`` after ``warmup_pairs`` traced pairs; returns the report (and writes
-    ``out/soak.json``, ``out/soak.png`` and ``out/node.log``)."""
+    ``out/soak.json``, ``out/soak.png`` and ``out/node.log``). ``depth``: an RGB-D camera (the node with
+    ``use_depth``; the photo seen as a wall 2 m away, 16UC1 depth and camera_info with every frame)."""
     out = Path(out or "out/soak")
     out.mkdir(parents=True, exist_ok=True)
     domain = 150 + os.getpid() % 50
     env = with_large_images(dict(os.environ, ROS_DOMAIN_ID=str(domain)))
     if ENV in env:
         os.environ[ENV] = env[ENV]
-    proc = start_node(params or {}, env, out / "node.log")
+    proc = start_node({**(params or {}), **({"use_depth": "true"} if depth else {})}, env, out / "node.log")
     pan = Pan(*size, rate, speed, jump, jump_every)
     rec = Recorder()
     ctx = rclpy.Context()
@@ -119,6 +121,7 @@ def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0
     executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     pub = node.create_publisher(Image, "/soak_camera/image_raw", qos_profile_sensor_data)
+    rgbd = _rgbd_publishers(node, size) if depth else None
 
     def on_tracks(m):
         rec.tracks.append(m)
@@ -144,6 +147,8 @@ def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
             msg.header.frame_id = "soak_camera"
             pub.publish(msg)
+            if rgbd is not None:
+                rgbd(msg.header)
             published[stamp] = (i, time.monotonic())
             i += 1
             while time.monotonic() < t0 + i / rate:
@@ -167,6 +172,25 @@ def run_soak(minutes: float = 10.0, size: tuple = (640, 480), rate: float = 30.0
     (out / "soak.json").write_text(json.dumps(report, indent=1))
     plot(rss, rec, published, out / "soak.png")
     return report
+
+
+def _rgbd_publishers(node, size):
+    """Publishers of the soak camera's depth (a wall 2 m away, tilted: 1.8-2.2 m across the image, 16UC1) and
+    camera_info (f = 0.8 x width, no distortion); returns a function that publishes both with a header."""
+    w, h = size
+    depth = np.tile(np.linspace(1800, 2200, w, dtype=np.uint16), (h, 1))
+    msg = Image(height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w)
+    msg.data = depth.astype("<u2").tobytes()
+    info = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
+                      k=[0.8 * w, 0.0, w / 2, 0.0, 0.8 * w, h / 2, 0.0, 0.0, 1.0])
+    pubs = (node.create_publisher(Image, "/soak_camera/depth", qos_profile_sensor_data),
+            node.create_publisher(CameraInfo, "/soak_camera/camera_info", qos_profile_sensor_data))
+
+    def publish(header):
+        msg.header = info.header = header
+        pubs[0].publish(msg)
+        pubs[1].publish(info)
+    return publish
 
 
 def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, size, rate, minutes, code,
@@ -206,6 +230,10 @@ def summarise(rec: Recorder, published: dict, pan: Pan, rss: list, size, rate, m
         "rss_mb_last_minute": float(np.mean(last)) if last else None,
         "rss_floor_rise_mb_per_min": rss_floor_rise_mb_per_min(rss) if len(rss) >= 4 else None,
         "exit_code_on_sigint": code, "seconds_to_exit": took,
+        **({"depth_ms_per_pair": float(diag["depth_ms"]), "depth_matched": int(diag["depth_matched"]),
+            "depth_unmatched": int(diag["depth_unmatched"]), "depth_errors": int(diag["depth_errors"]),
+            "tracks_with_3d": float(np.mean([np.mean([t.has_position for t in m.tracks if t.visible] or [0])
+                                             for m in rec.tracks]))} if "depth_ms" in diag else {}),
     }
 
 

@@ -73,6 +73,10 @@ def track_record(track) -> dict:
         rec.update(born_frame=track.born_frame, born_stamp_ns=track.born_stamp_ns)
     else:
         rec["born_stamp_ns"] = int(track.born.sec) * 1_000_000_000 + int(track.born.nanosec)
+        for name, flag in (("position", "has_position"), ("velocity", "has_velocity")):   # 3D (RGB-D), when known
+            if getattr(track, flag, False):
+                v = getattr(track, name)
+                rec[name] = [v.x, v.y, v.z]
     return rec
 
 
