@@ -134,3 +134,19 @@ def test_the_stream_matches_depth_by_stamp_and_checks_sizes():
     assert not stream.lift(model, res, (240, 320)).has_position[0]
     with pytest.raises(DepthError, match="depth image 320x240 does not match the colour image 640x480.*register"):
         stream.lift(model, res, (480, 640))
+
+
+def test_rational_polynomial_lenses_are_undone_too():
+    """A wide lens in the rational polynomial model (8 coefficients, as camera_info of many RGB-D drivers): rays
+    of projected points come back to the points' directions."""
+    import cv2
+
+    K = np.array([[380.0, 0, 322.0], [0, 381.0, 238.0], [0, 0, 1]])
+    D = [0.35, -0.05, 0.0008, -0.0004, 0.01, 0.7, 0.02, 0.015]
+    cam = CameraModel.from_info(K.reshape(-1), D, "rational_polynomial", 640, 480)
+    pts = np.stack(np.meshgrid(np.linspace(-0.6, 0.6, 5), np.linspace(-0.45, 0.45, 4)), -1).reshape(-1, 2)
+    world = np.concatenate([pts, np.ones((len(pts), 1))], 1) * 2.0
+    px = cv2.projectPoints(world, np.zeros(3), np.zeros(3), K, np.array(D))[0].reshape(-1, 2)
+    assert np.allclose(cam.rays(px) * 2.0, world, atol=2e-3)
+    # the same pixels read without the lens are centimetres off at the corners
+    assert np.abs(CameraModel(K, np.zeros(0), (640, 480)).rays(px) * 2.0 - world).max() > 0.05
