@@ -106,7 +106,7 @@ def test_depth_encodings_and_bad_depth():
 
 @pytest.mark.parametrize("k,d,model,match", [
     ([0] * 9, [], "plumb_bob", "focal length fx=0.*calibrate"),
-    ([500, 0, 320, 0, 500, 240, 0, 0, 1], [0.1, 0.2, 0, 0], "equidistant", "'equidistant' is not handled.*rectified"),
+    ([500, 0, 320, 0, 500, 240, 0, 0, 1], [0.1, 0.2, 0, 0], "equidistant", "'equidistant' is not handled.*rectified:=true"),
     ([500, 0, 320, 0, 500], [], "plumb_bob", "k must be 9 finite numbers"),
 ])
 def test_camera_info_that_cannot_place_points_is_named(k, d, model, match):
@@ -115,25 +115,50 @@ def test_camera_info_that_cannot_place_points_is_named(k, d, model, match):
 
 
 def test_the_stream_matches_depth_by_stamp_and_checks_sizes():
+    from types import SimpleNamespace
+
     cam = rgbd_camera()
-    model = _model(cam)
     stream = DepthStream(tolerance_ns=10_000_000)
+    t = Track(id=7, x=100.0, y=80.0, vx=2.0, vy=0.0, visible=True, born_stamp_ns=1_000_000_000)
+
+    def pair(older, newer):
+        return PairResult([t], np.zeros((1, 2)), np.zeros((1, 2)), np.ones(1, bool), np.ones(1), [], 0.0,
+                          older_stamp_ns=older, newer_stamp_ns=newer, frames=1)
+    with pytest.raises(CameraError, match="no camera_info received"):
+        stream.lift(pair(1_000_000_000, 1_099_000_000), (240, 320))
+    stream.use_camera_info(SimpleNamespace(k=cam.K.reshape(-1), d=cam.D, distortion_model="plumb_bob", width=320,
+                                           height=240, p=None))
     depth = np.full((240, 320), 2.0, np.float32)
     stream.add(1_000_000_000, depth)
     stream.add(1_100_000_000, depth * 1.5)
-    assert stream.frame(1_099_000_000)[0, 0] == 3.0            # the nearest, within 10 ms
-    assert stream.frame(1_050_000_000) is None and stream.unmatched == 1 and stream.nearest_ms == pytest.approx(50)
-    assert stream.frame(1_000_000_000) is not None
-    t = Track(id=7, x=100.0, y=80.0, vx=2.0, vy=0.0, visible=True)
-    res = PairResult([t], np.zeros((1, 2)), np.zeros((1, 2)), np.ones(1, bool), np.ones(1), [], 0.0,
-                     older_stamp_ns=1_000_000_000, newer_stamp_ns=1_099_000_000, frames=1)
-    lift = stream.lift(model, res, (240, 320))
+    lift = stream.lift(pair(1_000_000_000, 1_099_000_000), (240, 320))   # the nearest depth, within 10 ms
     assert lift.has_position[0] and lift.position[0, 2] == pytest.approx(3.0)
-    assert lift.has_velocity[0] and lift.velocity[0, 2] == pytest.approx(1.0 / 0.099, rel=1e-3)   # 2 m -> 3 m
+    # seeded on the older frame: measured there, so a velocity (2 m -> 3 m in 99 ms)
+    assert lift.has_velocity[0] and lift.velocity[0, 2] == pytest.approx(1.0 / 0.099, rel=1e-3)
+    assert stream.lift(pair(1_099_000_000, 1_050_000_000), (240, 320)) is None      # 50 ms from any depth
+    assert stream.unmatched == 1 and stream.nearest_ms == pytest.approx(50)
+    # a track not seen on the older frame (its older position is a guess) gets a position, not a velocity
+    t.born_stamp_ns = 0
+    stream.add(1_200_000_000, depth)
+    lift = stream.lift(pair(1_100_000_000, 1_200_000_000), (240, 320))
+    assert lift.has_position[0] and not lift.has_velocity[0]
+    # ... and once it was visible on the older frame, a velocity again (that frame's depth is the one kept)
+    stream.add(1_300_000_000, depth)
+    assert stream.lift(pair(1_200_000_000, 1_300_000_000), (240, 320)).has_velocity[0]
     t.visible = False                                         # a guessed position is never placed in 3D
-    assert not stream.lift(model, res, (240, 320)).has_position[0]
+    stream.add(1_400_000_000, depth)
+    assert not stream.lift(pair(1_300_000_000, 1_400_000_000), (240, 320)).has_position[0]
     with pytest.raises(DepthError, match="depth image 320x240 does not match the colour image 640x480.*register"):
-        stream.lift(model, res, (480, 640))
+        stream.lift(pair(1_300_000_000, 1_400_000_000), (480, 640))
+
+
+def test_rectified_images_use_the_projection_and_bad_coefficient_counts_are_named():
+    k = [500, 0, 320, 0, 500, 240, 0, 0, 1]
+    rect = CameraModel.from_info(k, [0.1, 0.2, 0, 0, 0], "plumb_bob", 640, 480,
+                                 p=[480, 0, 330, 0, 0, 480, 250, 0, 0, 0, 1, 0])
+    assert rect.D.size == 0 and rect.K[0, 0] == 480 and rect.K[1, 2] == 250
+    with pytest.raises(CameraError, match="3 distortion coefficients for 'plumb_bob'"):
+        CameraModel.from_info(k, [0.1, 0.2, 0.3], "plumb_bob", 640, 480)
 
 
 def test_rational_polynomial_lenses_are_undone_too():

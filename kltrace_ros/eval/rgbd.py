@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from kltrace_ros.tracking.depth import CameraModel
+
 from .suite import skimage_photo
 
 WALL_Z = 3.0                                   # m
@@ -61,7 +63,7 @@ class RGBDCamera:
 
     def pixel_rays(self, pixels: np.ndarray) -> np.ndarray:
         """(N,2) undistorted normalised coordinates of sub-pixel positions (N,2)."""
-        return cv2.undistortPoints(np.asarray(pixels, np.float64).reshape(-1, 1, 2), self.K, self.D).reshape(-1, 2)
+        return CameraModel(self.K, self.D, self.size).rays(pixels)[:, :2]
 
     def truth(self, i: int, pixels: np.ndarray):
         """Position (N,3) m, velocity (N,3) m/s and whether it is on the board (N,) of the surface seen at

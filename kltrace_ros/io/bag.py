@@ -17,7 +17,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
-from kltrace_ros.tracking.depth import CameraError, CameraModel, DepthError, DepthStream
+from kltrace_ros.tracking.depth import CameraError, DepthError, DepthStream
 
 from .drawing import Trails, draw_tracks
 from .files import complete_or_absent
@@ -88,24 +88,16 @@ def _open(src: Path, ts) -> AnyReader:
     return reader
 
 
-def _image_connections(reader, src: Path, topic: str) -> list:
+def _image_connections(reader, src: Path, topic: str, types=IMAGE_TYPES) -> list:
+    """The connections of ``topic`` in the bag, after checking that it is there and carries one of ``types``."""
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns:
         raise ValueError(f"topic {topic} is not in {src}; topics: {sorted({c.topic for c in reader.connections})}")
-    wrong = sorted({c.msgtype for c in conns} - set(IMAGE_TYPES))
+    wrong = sorted({c.msgtype for c in conns} - set(types))
     if wrong:
-        raise ValueError(f"topic {topic} in {src} carries {', '.join(wrong)}, not sensor_msgs/Image or "
-                         f"CompressedImage: choose an image topic")
-    return conns
-
-
-def _typed_connections(reader, src: Path, topic: str, msgtype: str) -> list:
-    conns = [c for c in reader.connections if c.topic == topic]
-    if not conns:
-        raise ValueError(f"topic {topic} is not in {src}; topics: {sorted({c.topic for c in reader.connections})}")
-    wrong = sorted({c.msgtype for c in conns} - {msgtype})
-    if wrong:
-        raise ValueError(f"topic {topic} in {src} carries {', '.join(wrong)}, not {msgtype}: choose its {msgtype} topic")
+        names = [t.replace("/msg/", "/") for t in types]
+        raise ValueError(f"topic {topic} in {src} carries {', '.join(wrong)}, not {' or '.join(names)}: choose "
+                         f"a {names[0]} topic")
     return conns
 
 
@@ -163,8 +155,8 @@ def process_bag(src: Path, topic: str, dst: Path, pipeline, overlay: bool = True
         conns = _image_connections(reader, src, topic)
         rgbd = None
         if depth_topic is not None:
-            rgbd = (_typed_connections(reader, src, depth_topic, "sensor_msgs/msg/Image"),
-                    _typed_connections(reader, src, camera_info_topic, "sensor_msgs/msg/CameraInfo"))
+            rgbd = (_image_connections(reader, src, depth_topic, IMAGE_TYPES[:1]),
+                    _image_connections(reader, src, camera_info_topic, ("sensor_msgs/msg/CameraInfo",)))
         mcap = dst.suffix == ".mcap" or src.suffix == ".mcap" or (src.is_dir() and any(src.glob("*.mcap")))
         plugin = StoragePlugin.MCAP if mcap else StoragePlugin.SQLITE3   # the input's storage, or what dst says
         with complete_or_absent(dst, replace=False, folder=True) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
@@ -189,7 +181,7 @@ def _run(reader, conns, writer, ts, pipeline, overlay: bool, view, progress, rgb
     depth = DepthStream(DEPTH_TOLERANCE_NS, decode=depth_to_metres) if rgbd else None
     if rgbd:
         stats["pairs_3d"] = 0
-    camera, pending, told = None, [], set()
+    pending, told = [], set()
 
     def say(kind: str, text: str) -> None:
         if kind not in told:      # once per kind of problem; the count is in the stats
@@ -204,27 +196,17 @@ def _run(reader, conns, writer, ts, pipeline, overlay: bool, view, progress, rgb
             print(f"frame at {t}: skipped: {err}")
             return
         stats["frames"] += 1
-        stamp = stamp_ns(msg.header.stamp)
-        if depth is not None:
-            try:
-                if depth.frame(stamp) is None:
-                    say("unmatched", f"no depth within {DEPTH_TOLERANCE_NS / 1e6:.0f} ms of the colour frame at {t}")
-            except ImageError as err:
-                say("depth", f"depth: {err}")
-        res = pipeline.push(rgb, stamp, stats["frames"])
+        res = pipeline.push(rgb, stamp_ns(msg.header.stamp), stats["frames"])
         if res is None:
             return
         lift = None
         if depth is not None:
-            if camera is None:
-                say("no_info", f"no camera_info before the pair at {t}")
-            elif isinstance(camera, CameraError):
-                say("camera_info", str(camera))
-            else:
-                try:
-                    lift = depth.lift(camera, res, rgb.shape[:2])
-                except DepthError as err:
-                    say("size", str(err))
+            try:
+                lift = depth.lift(res, rgb.shape[:2])
+                if lift is None:
+                    say("unmatched", f"no depth within {DEPTH_TOLERANCE_NS / 1e6:.0f} ms of the colour frame at {t}")
+            except (CameraError, DepthError, ImageError) as err:
+                say(type(err).__name__, str(err))
             stats["pairs_3d"] += lift is not None
         for key, m in zip(("tracks", "flow"), pair_messages(types, msg.header, res, lift)):
             writer.write(out[key], t, ts.serialize_cdr(m, OUTPUTS[key][1]))
@@ -251,10 +233,7 @@ def _run(reader, conns, writer, ts, pipeline, overlay: bool, view, progress, rgb
             else:
                 pending.append((t, msg, conn.msgtype))
         elif conn.msgtype.endswith("CameraInfo"):
-            try:
-                camera = CameraModel.from_info(msg.k, msg.d, msg.distortion_model, msg.width, msg.height)
-            except CameraError as err:
-                camera = err
+            depth.use_camera_info(msg)
         else:
             depth.add(stamp_ns(msg.header.stamp), msg)
         # colour frames wait for the depth recorded up to a second after them

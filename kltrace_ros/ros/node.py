@@ -106,6 +106,8 @@ PARAMETERS = {
                               "colour camera's camera_info (topics depth and camera_info, or <input>/depth and "
                               "<input>/camera_info with several inputs) and publish tracks in 3D: positions and "
                               "velocities in the camera's optical frame, ~/tracks_cloud, 3D ~/markers"),
+    "rectified": Param(False, "use_depth: the colour images are rectified (image_rect): camera_info's p is their "
+                              "intrinsics, without distortion"),
     "depth_tolerance": Param(0.02, "use_depth: a colour frame takes the depth image nearest in stamp within this "
                                    "many seconds (none: traced in 2D, counted in /diagnostics)", True, (0.0, 10.0)),
     "foxglove_port": Param(0, "serve overlay and heatmap to Foxglove on ws://127.0.0.1:PORT (0 = off)",
@@ -183,7 +185,6 @@ class Camera:
     told_large: bool = False              # the large-frame transport advice was logged
     depth: DepthStream | None = None      # use_depth: its depth frames (filled by the depth callback)
     info: object = None                   # use_depth: the newest camera_info message (set by its callback)
-    camera: tuple | None = None           # (camera_info message, CameraModel or CameraError), worker-owned
     depth_errors: int = 0                 # pairs traced in 2D because depth or camera_info could not be used
     said: dict = field(default_factory=dict)   # depth problem kind -> when it was last logged
     depth_ms: deque = field(default_factory=lambda: deque(maxlen=50))   # use_depth: matching + 3D lift per pair
@@ -245,11 +246,13 @@ class KLTraceNode(Node):
             base = topic.rstrip("/") + "/" if several else ""
             pubs["cloud"] = self.create_publisher(PointCloud2, prefix + "tracks_cloud", 2)
             cam.depth = DepthStream(round(self.params["depth_tolerance"] * 1e9),
-                                    decode=lambda m: depth_to_metres(m, self.params["max_image_pixels"]))
+                                    decode=lambda m: depth_to_metres(m, self.params["max_image_pixels"]),
+                                    rectified=self.params["rectified"])
+            overridable = QoSOverridingOptions.with_default_policies()   # e.g. a driver's transient-local camera_info
             self.create_subscription(Image, base + "depth", lambda m: cam.depth.add(stamp_ns(m.header.stamp), m),
-                                     qos_profile_sensor_data)
+                                     qos_profile_sensor_data, qos_overriding_options=overridable)
             self.create_subscription(CameraInfo, base + "camera_info", lambda m: setattr(cam, "info", m),
-                                     qos_profile_sensor_data)
+                                     qos_profile_sensor_data, qos_overriding_options=overridable)
         cam.pipeline = build_pipeline(options(self.params), self.engine, lambda reason: self._warn_reset(cam, reason),
                                       self.stopping)
         kind, name = (CompressedImage, topic + "/compressed") if self.params["compressed"] else (Image, topic)
@@ -388,10 +391,6 @@ class KLTraceNode(Node):
         rgb = compressed_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else image_to_rgb(msg, limit)
         cam.size = rgb.shape[:2]
         t_in = time.monotonic()
-        t_depth = time.perf_counter()
-        if cam.depth is not None:
-            self._depth_of(cam, msg)
-        t_depth = time.perf_counter() - t_depth
         res = cam.pipeline.push(rgb, stamp_ns(msg.header.stamp), index, period_ns)
         if res is None:
             return
@@ -401,10 +400,10 @@ class KLTraceNode(Node):
             rate = res.seconds / passes
             self.seconds_per_pass = rate if not self.seconds_per_pass else 0.8 * self.seconds_per_pass + 0.2 * rate
         lift = None
-        if cam.depth is not None:
+        if cam.depth is not None:   # after tracing: the frame's depth has had that time to arrive
             t0 = time.perf_counter()
             lift = self._lift(cam, res, rgb.shape[:2])
-            cam.depth_ms.append(1000 * (t_depth + time.perf_counter() - t0))
+            cam.depth_ms.append(1000 * (time.perf_counter() - t0))
         cam.latency_ms.append(1000 * (time.monotonic() - t_in))
         self._publish(cam, msg.header, rgb, res, lift)
 
@@ -419,42 +418,24 @@ class KLTraceNode(Node):
             self.get_logger().error(f"{cam.topic}: {text}; tracking goes on in 2D ({cam.depth_errors} pairs without "
                                     f"3D so far; repeats within 5 s are not logged)")
 
-    def _depth_of(self, cam: Camera, msg) -> None:
-        """Match this colour frame's depth (remembered by the stream for the pair's 3D), or say why there is none."""
-        try:
-            if cam.depth.frame(stamp_ns(msg.header.stamp)) is not None:
-                return
-        except ImageError as err:
-            self._depth_error(cam, "depth", f"depth: {err}")
-            return
-        near = cam.depth.nearest_ms
-        self.get_logger().warning(
-            f"{cam.topic}: no depth image within depth_tolerance={self.params['depth_tolerance']} s of this colour "
-            f"frame ({'no depth received yet' if near is None else f'the nearest is {near:.0f} ms away'}"
-            f"; {cam.depth.unmatched} frames traced in 2D so far): check that the depth topic is remapped and "
-            f"stamped like the colour images, or raise depth_tolerance", throttle_duration_sec=5.0)
-
     def _lift(self, cam: Camera, res, shape):
-        """The 3D of a pair's tracks, or None (no depth for it, or depth or camera_info that cannot be used)."""
-        info = cam.info
-        if info is None:
-            self._depth_error(cam, "no_info", "no camera_info received: remap camera_info to the colour camera's")
-            return None
-        if cam.camera is None or cam.camera[0] is not info:
-            try:
-                model = CameraModel.from_info(info.k, info.d, info.distortion_model, info.width, info.height)
-            except CameraError as err:
-                model = err
-            cam.camera = (info, model)
-        model = cam.camera[1]
-        if isinstance(model, CameraError):
-            self._depth_error(cam, "camera_info", str(model))
-            return None
+        """The 3D of a pair's tracks, or None (no depth for it, or depth or camera_info that cannot be used: said
+        why, each kind at most every 5 s)."""
+        if cam.info is not None:
+            cam.depth.use_camera_info(cam.info)
         try:
-            return cam.depth.lift(model, res, shape)
-        except DepthError as err:
-            self._depth_error(cam, "size", str(err))
+            lift = cam.depth.lift(res, shape)
+        except (CameraError, DepthError, ImageError) as err:
+            kind = "depth" if isinstance(err, ImageError) else type(err).__name__ + str(err)[:24]
+            self._depth_error(cam, kind, f"depth: {err}" if isinstance(err, ImageError) else str(err))
             return None
+        if lift is None:
+            near = cam.depth.nearest_ms
+            self._depth_error(cam, "unmatched", (
+                f"no depth image within depth_tolerance={self.params['depth_tolerance']} s of this colour frame ("
+                f"{'no depth received yet' if near is None else f'the nearest is {near:.0f} ms away'}): check that "
+                f"the depth topic is remapped and stamped like the colour images, or raise depth_tolerance"))
+        return lift
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, cam: Camera, header, rgb, res, lift=None) -> None:
@@ -483,28 +464,31 @@ class KLTraceNode(Node):
         pair has depth (``lift``: an arrow per track from its older position to the newer, metres), else as lines
         in the image plane (``marker_scale`` metres per pixel, z = 1 m)."""
         k = self.params["marker_scale"]
+        # with depth the previous message's markers are cleared first (the number of arrows changes, and a pair
+        # without depth draws in the image plane instead)
+        clear = Marker(header=header, ns="kltrace", id=0, action=Marker.DELETEALL)
         pts = Marker(header=header, ns="kltrace", id=0, type=Marker.POINTS, action=Marker.ADD)
         pts.color.g, pts.color.a = 1.0, 1.0
-        vec = Marker(header=header, ns="kltrace", id=1, type=Marker.LINE_LIST, action=Marker.ADD)
-        vec.color.r, vec.color.a = 1.0, 1.0
         if lift is not None:
-            # the previous message's arrows go first (their number changes from pair to pair)
-            out = [Marker(header=header, ns="kltrace_3d", id=0, action=Marker.DELETEALL), pts]
             pts.ns = "kltrace_3d"
             pts.scale.x = pts.scale.y = 0.02
             seconds = (res.newer_stamp_ns - res.older_stamp_ns) / 1e9
+            arrows = []
             for i in np.flatnonzero(lift.has_position):
                 p = lift.position[i]
                 pts.points.append(Point(x=float(p[0]), y=float(p[1]), z=float(p[2])))
                 if lift.has_velocity[i]:     # an arrow from the older position to the newer one
                     o = p - lift.velocity[i] * seconds
-                    arrow = Marker(header=header, ns="kltrace_3d", id=len(out), type=Marker.ARROW, action=Marker.ADD)
+                    arrow = Marker(header=header, ns="kltrace_3d", id=2 + len(arrows), type=Marker.ARROW,
+                                   action=Marker.ADD)
                     arrow.points = [Point(x=float(o[0]), y=float(o[1]), z=float(o[2])),
                                     Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))]
                     arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.012, 0.015
                     arrow.color.r, arrow.color.a = 1.0, 1.0
-                    out.append(arrow)
-            return MarkerArray(markers=out)
+                    arrows.append(arrow)
+            return MarkerArray(markers=[clear, pts, *arrows])
+        vec = Marker(header=header, ns="kltrace", id=1, type=Marker.LINE_LIST, action=Marker.ADD)
+        vec.color.r, vec.color.a = 1.0, 1.0
         pts.scale.x = pts.scale.y = 4 * k
         vec.scale.x = k
         for t in res.tracks:
@@ -512,7 +496,7 @@ class KLTraceNode(Node):
                 continue
             pts.points.append(Point(x=t.x * k, y=t.y * k, z=1.0))
             vec.points += [Point(x=(t.x - t.vx) * k, y=(t.y - t.vy) * k, z=1.0), Point(x=t.x * k, y=t.y * k, z=1.0)]
-        return MarkerArray(markers=[pts, vec])
+        return MarkerArray(markers=[clear, pts, vec] if self.params["use_depth"] else [pts, vec])
 
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()

@@ -38,8 +38,14 @@ class CameraModel:
     size: tuple[int, int]
 
     @classmethod
-    def from_info(cls, k, d, distortion_model: str, width: int, height: int) -> "CameraModel":
-        """From the fields of a sensor_msgs/CameraInfo (``k`` row-major 3x3, ``d``), checked."""
+    def from_info(cls, k, d, distortion_model: str, width: int, height: int, p=None) -> "CameraModel":
+        """From the fields of a sensor_msgs/CameraInfo (``k`` row-major 3x3, ``d``), checked. ``p`` (the 3x4
+        projection): the images are rectified, so their intrinsics are P's left 3x3 and there is no distortion."""
+        if p is not None:
+            P = np.asarray(p, np.float64).reshape(-1)
+            if P.size != 12:
+                raise CameraError(f"camera_info p must be 12 numbers for rectified images, got {P.size}")
+            return cls.from_info(P.reshape(3, 4)[:, :3].reshape(-1), [], "", width, height)
         K = np.asarray(k, np.float64).reshape(-1)
         if K.size != 9 or not np.isfinite(K).all():
             raise CameraError(f"camera_info k must be 9 finite numbers, got {K.size}: calibrate the camera "
@@ -53,7 +59,12 @@ class CameraModel:
         model = (distortion_model or "").strip()
         if D.size and np.any(D != 0) and model not in MODELS:
             raise CameraError(f"camera_info distortion model '{model}' is not handled (only {', '.join(MODELS)}): "
-                              f"publish rectified images (image_proc) with their camera_info")
+                              f"track rectified images (image_proc's image_rect) and set rectified:=true (their "
+                              f"camera_info's p is used, without distortion)")
+        sizes = {"plumb_bob": (4, 5), "rational_polynomial": (8,)}.get(model, ())
+        if D.size and np.any(D != 0) and D.size not in sizes:
+            raise CameraError(f"camera_info has {D.size} distortion coefficients for '{model}' (expected "
+                              f"{' or '.join(map(str, sizes))}): recalibrate the camera or fix its driver's camera_info")
         if not np.isfinite(D).all():
             raise CameraError("camera_info distortion coefficients are not finite: recalibrate the camera")
         if int(width) <= 0 or int(height) <= 0:
@@ -140,66 +151,86 @@ class DepthError(ValueError):
 
 
 class DepthStream:
-    """The depth side of one RGB-D camera: depth frames matched to colour frames by stamp, and the 3D of each traced
-    pair's tracks. ``add`` may be called from another thread (a subscription callback); the rest belongs to the
-    thread that traces. ``decode`` turns what ``add`` was given into a depth image (H,W) in metres, only for the
-    frames that are used."""
+    """The depth side of one RGB-D camera: its camera_info, depth frames matched to colour frames by stamp, and the
+    3D of each traced pair's tracks. ``add`` may be called from another thread (a subscription callback); the rest
+    belongs to the thread that traces. ``decode`` turns what ``add`` was given into a depth image (H,W) in metres,
+    only for the frames that are used. Depth is matched when a pair has been traced (its depth has had the tracing
+    time to arrive); the newer frame's decoded depth is kept as the next pair's older one."""
 
-    def __init__(self, tolerance_ns: int, decode=lambda item: item, keep: int = 64, remember: int = 16):
+    def __init__(self, tolerance_ns: int, decode=lambda item: item, keep: int = 64, rectified: bool = False):
         self.tolerance_ns = int(tolerance_ns)
         self.decode = decode
+        self.rectified = rectified
         self._lock = threading.Lock()
         self._items: deque = deque(maxlen=keep)          # (stamp_ns, item), as received
-        self._frames: dict = {}                            # colour stamp -> its depth (H,W) m, the last few
-        self._remember = remember
+        self._last: tuple | None = None                   # (colour stamp, its depth, ids of tracks visible there)
+        self._info = None
+        self.camera: CameraModel | CameraError | None = None
         self.matched = 0
-        self.unmatched = 0                                # colour frames without depth within the tolerance
+        self.unmatched = 0                                # pairs without depth within the tolerance
         self.nearest_ms: float | None = None              # how far the nearest depth was, at the last miss
         self.latest_ns: int | None = None                 # stamp of the newest depth added
 
     def add(self, stamp_ns: int, item) -> None:
         with self._lock:
             self._items.append((int(stamp_ns), item))
-            self.latest_ns = max(int(stamp_ns), self.latest_ns or 0)
+            self.latest_ns = int(stamp_ns)
 
-    def frame(self, stamp_ns: int) -> np.ndarray | None:
-        """The depth of the colour frame stamped ``stamp_ns`` (the nearest within the tolerance), remembered for
-        :meth:`lift`; None (and counted) when there is none."""
+    def use_camera_info(self, info) -> None:
+        """The camera model of a sensor_msgs/CameraInfo (rclpy or rosbags); a new one replaces the old."""
+        if info is self._info:
+            return
+        self._info = info
+        try:
+            self.camera = CameraModel.from_info(info.k, info.d, info.distortion_model, info.width, info.height,
+                                                p=info.p if self.rectified else None)
+        except CameraError as err:
+            self.camera = err
+
+    def _depth(self, stamp_ns: int) -> np.ndarray | None:
+        """The decoded depth nearest in stamp to ``stamp_ns`` within the tolerance, or None."""
         with self._lock:
             items = list(self._items)
         best = min(items, key=lambda it: abs(it[0] - stamp_ns), default=None)
         if best is None or abs(best[0] - stamp_ns) > self.tolerance_ns:
-            self.unmatched += 1
             self.nearest_ms = None if best is None else abs(best[0] - stamp_ns) / 1e6
             return None
-        depth = np.asarray(self.decode(best[1]), np.float32)
-        self.matched += 1
-        self._frames[int(stamp_ns)] = depth
-        while len(self._frames) > self._remember:
-            self._frames.pop(next(iter(self._frames)))
-        return depth
+        return np.asarray(self.decode(best[1]), np.float32)
 
-    def reset(self) -> None:
-        self._frames.clear()
-
-    def lift(self, camera: CameraModel, result, shape: tuple[int, int]) -> Lift | None:
+    def lift(self, result, shape: tuple[int, int]) -> Lift | None:
         """3D of ``result``'s visible tracks (a ``pipeline.PairResult`` of colour frames of ``shape`` (H, W)), or
-        None when its newer frame has no depth. Velocities need the older frame's depth too."""
-        depth = self._frames.get(int(result.newer_stamp_ns))
+        None (counted) when its newer frame has no depth. A velocity needs the older frame's depth and the track
+        measured there (visible, or seeded there), not guessed. Raises CameraError or DepthError (ImageError from
+        ``decode``) with the fix when camera_info or the depth image cannot be used."""
+        if self.camera is None:
+            raise CameraError("no camera_info received: remap camera_info to the colour camera's")
+        if isinstance(self.camera, CameraError):
+            raise self.camera
+        newer_ns, older_ns = int(result.newer_stamp_ns), int(result.older_stamp_ns)
+        last, self._last = self._last, None
+        depth = self._depth(newer_ns)
         if depth is None:
+            self.unmatched += 1
             return None
+        self.matched += 1
         h, w = shape
         if depth.shape != (h, w):
             raise DepthError(f"depth image {depth.shape[1]}x{depth.shape[0]} does not match the colour image {w}x{h}: "
                              f"publish depth registered to the colour camera (e.g. depth_image_proc/register, or the "
                              f"driver's aligned depth topic)")
-        if camera.size != (w, h):
-            raise DepthError(f"camera_info is for {camera.size[0]}x{camera.size[1]} images, the colour image is "
-                             f"{w}x{h}: publish the colour camera's own camera_info")
+        if self.camera.size != (w, h):
+            raise DepthError(f"camera_info is for {self.camera.size[0]}x{self.camera.size[1]} images, the colour "
+                             f"image is {w}x{h}: publish the colour camera's own camera_info")
         tracks = result.tracks
         xy = np.array([[t.x, t.y] for t in tracks], np.float64).reshape(-1, 2)
         older = xy - np.array([[t.vx, t.vy] for t in tracks], np.float64).reshape(-1, 2) * result.frames
         visible = np.array([t.visible for t in tracks], bool)
         xy[~visible] = np.nan                               # a guess, not a measurement: no 3D
-        seconds = (result.newer_stamp_ns - result.older_stamp_ns) / 1e9
-        return lift_tracks(camera, depth, xy, self._frames.get(int(result.older_stamp_ns)), older, seconds)
+        if last is not None and last[0] == older_ns:       # the older frame: its depth and the tracks measured there
+            older_depth, seen = last[1], last[2]
+        else:
+            older_depth, seen = self._depth(older_ns), set()
+        measured = np.array([t.id in seen or t.born_stamp_ns == older_ns for t in tracks], bool)
+        older[~measured] = np.nan
+        self._last = (newer_ns, depth, {t.id for t, v in zip(tracks, visible) if v})
+        return lift_tracks(self.camera, depth, xy, older_depth, older, (newer_ns - older_ns) / 1e9)
