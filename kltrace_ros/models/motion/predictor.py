@@ -115,7 +115,9 @@ class MotionPredictor:
         if counts.max() == 0:
             return maps
         order = torch.sort(wanted.to(torch.uint8), dim=1, descending=True, stable=True).indices   # wanted first
-        pos = torch.arange(int(counts.max()), device=self.device)
+        # padded to a multiple of 16 cells: the searched hidden cells vary in number from mask to mask, and every
+        # new tensor shape leaves allocator memory behind in a long-running node (see ROWS)
+        pos = torch.arange(min(-(-int(counts.max()) // 16) * 16, rev.shape[1]), device=self.device)
         cells = order.gather(1, torch.minimum(pos, counts.unsqueeze(1) - 1).clamp(min=0))   # K,M
         content_c, feat_c, _ = m.warped_inputs(s_codes[pairs[:, 0]], t_codes[pairs[:, 1]], rev.unsqueeze(0), cells)
         if len(pairs) < b or not torch.equal(pair_of, torch.arange(b, device=pair_of.device)):   # shared ones
