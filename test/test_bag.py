@@ -80,7 +80,8 @@ def test_rgbd_bag_gives_the_node_s_3d_fields(tmp_path):
     out = tmp_path / "out.mcap"
     proc = subprocess.run([sys.executable, "-m", "kltrace_ros.cli", "bag", str(tmp_path / "in"), "--topic",
                            "/cam/color/image_raw", "--depth-topic", "/cam/aligned_depth_to_color/image_raw",
-                           "--camera-info-topic", "/cam/color/camera_info", "--out", str(out), "--points", "16", "--masks", "1", "--no-overlay"],
+                           "--camera-info-topic", "/cam/color/camera_info", "--out", str(out), "--points", "16",
+                           "--masks", "1", "--no-overlay"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'pairs_3d': 3" in proc.stdout, proc.stdout

@@ -106,7 +106,8 @@ def test_depth_encodings_and_bad_depth():
 
 @pytest.mark.parametrize("k,d,model,match", [
     ([0] * 9, [], "plumb_bob", "focal length fx=0.*calibrate"),
-    ([500, 0, 320, 0, 500, 240, 0, 0, 1], [0.1, 0.2, 0, 0], "equidistant", "'equidistant' is not handled.*rectified:=true"),
+    ([500, 0, 320, 0, 500, 240, 0, 0, 1], [0.1, 0.2, 0, 0], "equidistant",
+     "'equidistant' is not handled.*rectified:=true"),
     ([500, 0, 320, 0, 500], [], "plumb_bob", "k must be 9 finite numbers"),
 ])
 def test_camera_info_that_cannot_place_points_is_named(k, d, model, match):

@@ -19,8 +19,8 @@ from kltrace_ros.tracking.depth import CameraModel
 from .suite import skimage_photo
 
 WALL_Z = 3.0                                   # m
-BOARD = (0.9, 0.675)                           # m, width and height of the board
-HOLE = (0.70, 0.95, 0.05, 0.40)                # the wall's depth hole: x from, x to, y from, y to (fractions of the image)
+BOARD = np.array([0.9, 0.675])                 # m, width and height of the board
+HOLE = (0.70, 0.95, 0.05, 0.40)                # the wall's depth hole: x from, to, y from, to (image fractions)
 
 
 @dataclass
@@ -39,8 +39,12 @@ class RGBDCamera:
         """(H,W,2) undistorted normalised coordinates (x/z, y/z) of every pixel."""
         w, h = self.size
         u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-        pts = np.stack([u, v], -1).reshape(-1, 1, 2)
-        return cv2.undistortPoints(pts, self.K, self.D).reshape(h, w, 2)
+        return self.pixel_rays(np.stack([u, v], -1).reshape(-1, 2)).reshape(h, w, 2)
+
+    def _on_board(self, i: int, rays: np.ndarray) -> np.ndarray:
+        """(..., 2) board texture coordinates in [0, 1) of rays (..., 2) at frame ``i`` (outside: not on it)."""
+        c = self.board_centre(i)
+        return (rays * c[2] - c[:2]) / BOARD + 0.5
 
     def render(self, i: int, rays: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frame ``i``: RGB (H,W,3) uint8, depth (H,W) uint16 mm (0 in the hole), and (H,W) bool: pixel on the board."""
@@ -48,9 +52,9 @@ class RGBDCamera:
         w, h = self.size
         c = self.board_centre(i)
         # the board: the plane z = c[2]; the wall: z = WALL_Z
-        bx = (rays[..., 0] * c[2] - c[0]) / BOARD[0] + 0.5          # board texture coordinates in [0, 1]
-        by = (rays[..., 1] * c[2] - c[1]) / BOARD[1] + 0.5
-        on_board = (bx >= 0) & (bx < 1) & (by >= 0) & (by < 1)
+        b = self._on_board(i, rays)
+        bx, by = b[..., 0], b[..., 1]
+        on_board = ((b >= 0) & (b < 1)).all(-1)
         wx = rays[..., 0] * WALL_Z / 4.0 + 0.5                      # a 4 m x 3 m wall
         wy = rays[..., 1] * WALL_Z / 3.0 + 0.5
         rgb = np.where(on_board[..., None], _sample(_photo("astronaut.png"), bx, by),
@@ -69,11 +73,9 @@ class RGBDCamera:
         """Position (N,3) m, velocity (N,3) m/s and whether it is on the board (N,) of the surface seen at
         ``pixels`` (N,2) of frame ``i``, from the exact geometry."""
         ray = self.pixel_rays(pixels)
-        c = self.board_centre(i)
-        bx = (ray[:, 0] * c[2] - c[0]) / BOARD[0] + 0.5
-        by = (ray[:, 1] * c[2] - c[1]) / BOARD[1] + 0.5
-        board = (bx >= 0) & (bx < 1) & (by >= 0) & (by < 1)
-        z = np.where(board, c[2], WALL_Z)
+        b = self._on_board(i, ray)
+        board = ((b >= 0) & (b < 1)).all(-1)
+        z = np.where(board, self.board_centre(i)[2], WALL_Z)
         pos = np.concatenate([ray, np.ones((len(ray), 1))], 1) * z[:, None]
         vel = np.where(board[:, None], self.board_velocity, 0.0)
         return pos, vel, board

@@ -52,6 +52,17 @@ def footage(video: Path | None, frames: int) -> tuple[list, str]:
     return list(read_frames(source, frames, 640)), str(source)
 
 
+def rgbd_messages(header, depth_mm: np.ndarray, K, D) -> tuple:
+    """An RGB-D camera's depth (16UC1, millimetres) and camera_info (plumb_bob ``D``, intrinsics ``K``) for the
+    colour frame of ``header``."""
+    h, w = depth_mm.shape
+    depth = Image(header=header, height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w,
+                  data=np.ascontiguousarray(depth_mm, "<u2").tobytes())
+    info = CameraInfo(header=header, width=w, height=h, distortion_model="plumb_bob", d=[float(v) for v in D],
+                      k=[float(v) for v in np.reshape(K, -1)])
+    return depth, info
+
+
 class Player:
     """This process's side: a camera publisher and the recorder of the node's outputs."""
 
@@ -102,14 +113,9 @@ class Player:
                                self.node.create_publisher(CameraInfo, "/demo_camera/camera_info",
                                                           qos_profile_sensor_data))
             self.spin_until(lambda: all(p.get_subscription_count() for p in self.depth_pubs), 30)
-        K, D = self.lens
-        h, w = depth_mm.shape
-        d = Image(header=header, height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w,
-                  data=depth_mm.astype("<u2").tobytes())
-        info = CameraInfo(header=header, width=w, height=h, distortion_model="plumb_bob", d=list(map(float, D)),
-                          k=list(map(float, np.reshape(K, -1))))
+        depth, info = rgbd_messages(header, depth_mm, *self.lens)
         self.depth_pubs[1].publish(info)
-        self.depth_pubs[0].publish(d)
+        self.depth_pubs[0].publish(depth)
         self.spin_until(lambda: False, 0.02)
 
     def close(self) -> None:
@@ -143,7 +149,8 @@ def run_demo(video: Path | None, frames: int, points: int, out: Path, device: st
     cmd = [sys.executable, "-m", "kltrace_ros.ros.node", "--ros-args", "-r", "image:=/demo_camera/image_raw",
            "-p", f"num_points:={points}", "-p", f"device:={device}", "-p", "heatmap_points:=0"]
     if rgbd is not None:
-        cmd += ["-p", "use_depth:=true", "-r", "depth:=/demo_camera/depth", "-r", "camera_info:=/demo_camera/camera_info"]
+        cmd += ["-p", "use_depth:=true", "-r", "depth:=/demo_camera/depth",
+                "-r", "camera_info:=/demo_camera/camera_info"]
     print(f"starting: {' '.join(cmd[1:])}")
     env = with_large_images(dict(os.environ, ROS_DOMAIN_ID=str(domain)))   # both processes: full-size frames
     if ENV in env:

@@ -33,6 +33,7 @@ from kltrace_ros.io.images import camera_view, skimage_photo
 from kltrace_ros.io.messages import stamp_ns
 from kltrace_ros.msg import TrackArray
 
+from .demo import rgbd_messages
 from .transport import ENV, with_large_images
 
 
@@ -179,17 +180,13 @@ def _rgbd_publishers(node, size):
     camera_info (f = 0.8 x width, no distortion); returns a function that publishes both with a header."""
     w, h = size
     depth = np.tile(np.linspace(1800, 2200, w, dtype=np.uint16), (h, 1))
-    msg = Image(height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w)
-    msg.data = depth.astype("<u2").tobytes()
-    info = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
-                      k=[0.8 * w, 0.0, w / 2, 0.0, 0.8 * w, h / 2, 0.0, 0.0, 1.0])
+    K = [[0.8 * w, 0.0, w / 2], [0.0, 0.8 * w, h / 2], [0.0, 0.0, 1.0]]
     pubs = (node.create_publisher(Image, "/soak_camera/depth", qos_profile_sensor_data),
             node.create_publisher(CameraInfo, "/soak_camera/camera_info", qos_profile_sensor_data))
 
     def publish(header):
-        msg.header = info.header = header
-        pubs[0].publish(msg)
-        pubs[1].publish(info)
+        for pub, msg in zip(pubs, rgbd_messages(header, depth, K, [0.0] * 5)):
+            pub.publish(msg)
     return publish
 
 

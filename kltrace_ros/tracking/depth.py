@@ -64,7 +64,8 @@ class CameraModel:
         sizes = {"plumb_bob": (4, 5), "rational_polynomial": (8,)}.get(model, ())
         if D.size and np.any(D != 0) and D.size not in sizes:
             raise CameraError(f"camera_info has {D.size} distortion coefficients for '{model}' (expected "
-                              f"{' or '.join(map(str, sizes))}): recalibrate the camera or fix its driver's camera_info")
+                              f"{' or '.join(map(str, sizes))}): recalibrate the camera or fix its driver's "
+                              f"camera_info")
         if not np.isfinite(D).all():
             raise CameraError("camera_info distortion coefficients are not finite: recalibrate the camera")
         if int(width) <= 0 or int(height) <= 0:
