@@ -256,6 +256,38 @@ def test_anchored_tracks_stay_visible_when_the_whole_view_jumps():
     assert sum(t.visible for t in res.tracks) >= 12
 
 
+def test_chained_answer_rule():
+    """The re-anchoring rule, alone: the first ANCHOR_PATIENCE - 1 misses are bridged whatever the point looks like;
+    from then on the chained answer is taken (and the track re-anchored) only if the point looks different."""
+    from kltrace_ros.tracking.pipeline import ANCHOR_PATIENCE, REANCHOR_LIKENESS, chained_answer_rule
+
+    for misses in range(ANCHOR_PATIENCE):
+        for likeness in (0.5, 0.99):
+            assert chained_answer_rule(misses, likeness) == (True, False), (misses, likeness)
+    for misses in (ANCHOR_PATIENCE, ANCHOR_PATIENCE + 5):
+        assert chained_answer_rule(misses, REANCHOR_LIKENESS + 0.05) == (False, False)
+        assert chained_answer_rule(misses, REANCHOR_LIKENESS - 0.05) == (True, True)
+
+
+def test_jump_test():
+    """A point found far from where its own motion puts it is a jump, unless the camera's motion puts it there (a
+    bump); the allowance grows with the track's extrapolated motion."""
+    from kltrace_ros.tracking.pipeline import CAMERA_TOLERANCE, MAX_JUMP, JumpTest
+
+    here = np.array([[100.0, 100.0], [50.0, 50.0]])
+    motion = np.array([[10.0, 0.0], [0.0, 0.0]])
+    jump = JumpTest.for_pair(here, here + motion, motion, 256, (256, 256))
+    assert np.allclose(jump.limit, [MAX_JUMP + 5.0, MAX_JUMP])
+    still = lambda p: np.asarray(p, float)                              # noqa: E731  the camera did not move
+    bump = lambda p: np.asarray(p, float) + [30.0, 0.0]                 # noqa: E731  everything moved 30 px
+    assert not jump(np.array([[110.0, 100.0], [50.0, 50.0]]), still).any()        # where their motion puts them
+    assert jump(np.array([[130.0, 100.0], [70.0, 50.0]]), still).all()            # 20 px off, camera still
+    assert not jump(np.array([[130.0, 100.0], [80.0, 50.0]]), bump).any()         # off, but as the camera moved
+    assert jump(np.array([[130.0 + 2 * CAMERA_TOLERANCE, 100.0]]), bump, [0]).all()
+    half = JumpTest.for_pair(here, here, np.zeros((2, 2)), 256, (512, 512))      # image px at twice the working size
+    assert not half(np.array([[100.0 + 2 * MAX_JUMP - 1, 100.0]]), still, [0]).any()
+
+
 class _ScriptedEngine:
     """The engine's interface with scripted answers, to pin the anchored rules down pair by pair: the point moves
     1 px a frame; from frame ``anchor_lost_at`` on its anchor never finds it, the chained trace always does, and

@@ -11,27 +11,28 @@ at the point it had there, straight into the new frame (all anchors in one engin
 the track probably is now (its last position plus its velocity times the frames since), so the anchor's point is
 found even when it has moved far.
 
-Anchored rules, per traced pair:
-- Jump test: a point found farther than ``MAX_JUMP`` (plus half its extrapolated motion) from where its own motion
-  puts it, and farther than ``CAMERA_TOLERANCE`` from where the camera's motion puts it (a similarity fitted to every
-  point found on this pair: a bump moves them all), has jumped to a look-alike (the next brick): a miss.
-- A miss (not visible: weak or smeared peak, failed backward check, no longer looks like the query, or a jump) of a
-  track seen on the previous pair is traced chained from the previous frame instead. That answer must pass the
-  jump test and still look like the anchor's point (``min_appearance``: a track dragged onto an occluder is not
-  carried on with it). It is taken on the first ``ANCHOR_PATIENCE - 1`` misses in a row (a brief occluder, a
-  blurred frame: the anchor is kept).
-- Re-anchoring rule: from the ``ANCHOR_PATIENCE``-th miss in a row, the chained answer is taken only if the point
-  now looks less like the anchor's than ``REANCHOR_LIKENESS`` (the view changed: zoom, turn, light); the previous
-  frame then becomes the track's anchor, at its position there. If it still looks the same, the anchor should
-  still match and the search keeps missing it (a flat or repeated texture, where chained answers drift a few px a
-  pair): the track is reported occluded and searched for from its anchor until found or timed out.
+Anchored rules, per traced pair (each a named piece with a test of its own):
+- Jump test (``JumpTest``): a point found farther than ``MAX_JUMP`` (plus half its extrapolated motion) from where
+  its own motion puts it, and farther than ``CAMERA_TOLERANCE`` from where the camera's motion puts it (a
+  similarity fitted to every point found on this pair: a bump moves them all), has jumped to a look-alike (the next
+  brick): a miss.
+- Chained bridge (``TrackingPipeline._bridge_misses``): a miss (not visible: weak or smeared peak, failed backward
+  check, no longer looks like the query, or a jump) of a track seen on the previous pair is traced chained from the
+  previous frame instead. That answer must pass the jump test and still look like the anchor's point
+  (``min_appearance``: a track dragged onto an occluder is not carried on with it). It is taken on the first
+  ``ANCHOR_PATIENCE - 1`` misses in a row (a brief occluder, a blurred frame: the anchor is kept).
+- Re-anchoring rule (``chained_answer_rule``): from the ``ANCHOR_PATIENCE``-th miss in a row, the chained answer is
+  taken only if the point now looks less like the anchor's than ``REANCHOR_LIKENESS`` (the view changed: zoom, turn,
+  light); the previous frame then becomes the track's anchor, at its position there. If it still looks the same,
+  the anchor should still match and the search keeps missing it (a flat or repeated texture, where chained answers
+  drift a few px a pair): the track is reported occluded and searched for from its anchor until found or timed out.
 - Tracks that leave the image are kept (moving with the visible tracks, for the tracker's
   ``max_out_of_view_frames``, which the builder sets for anchored mode only) and are searched for from their anchor
   when their predicted position is back in view.
-- Anchor frames are shared by the tracks that use them and released when none does; about ``MAX_ANCHORS`` are kept
-  (beyond, the visible tracks of the smallest groups are re-anchored on the previous frame, so the groups that hold
-  most tracks, the first seeding's among them, keep theirs; occluded tracks keep their anchor, so at most one per
-  track).
+- Anchor budget (``anchors_to_keep``): anchor frames are shared by the tracks that use them and released when none
+  does; about ``MAX_ANCHORS`` are kept (beyond, the visible tracks of the smallest groups are re-anchored on the
+  previous frame, so the groups that hold most tracks, the first seeding's among them, keep theirs; occluded tracks
+  keep their anchor, so at most one per track).
 """
 from __future__ import annotations
 
@@ -66,6 +67,46 @@ def anchors_to_keep(anchor_frames: list, budget: int) -> set | None:
     return set(sorted(count, key=lambda f: (-count[f], f))[:budget - 1])
 
 
+def chained_answer_rule(anchor_misses: int, likeness: float) -> tuple[bool, bool]:
+    """Re-anchoring rule for a chained answer (one that passed its tests) of a track its anchor missed
+    ``anchor_misses`` times in a row, whose point looks like the anchor's point as much as ``likeness``: (take it,
+    re-anchor on the previous frame). The first ``ANCHOR_PATIENCE - 1`` misses are bridged (a brief occluder, a
+    blurred frame); after that the answer is taken, with the previous frame as the new anchor, only if the point now
+    looks different (the view changed); if it still looks the same the anchor should still match, and chained answers,
+    whose errors add up pair by pair, are not taken."""
+    if anchor_misses < ANCHOR_PATIENCE:
+        return True, False
+    if likeness >= REANCHOR_LIKENESS:
+        return False, False
+    return True, True
+
+
+@dataclass
+class JumpTest:
+    """Jump test: a point found farther than ``limit`` (``MAX_JUMP`` working px plus half its extrapolated motion)
+    from where its own motion puts it (``prior``), and farther than ``CAMERA_TOLERANCE`` from where the camera's
+    motion puts it (a similarity fitted to the points found on the pair: a bump moves them all), has jumped to a
+    look-alike (the next brick)."""
+    here: np.ndarray             # (N,2) image px: each track on the older frame
+    prior: np.ndarray            # (N,2) image px: where its own motion puts it on the newer frame
+    limit: np.ndarray            # (N,) working px
+    to_working: np.ndarray       # (2,) image px -> working px
+
+    @classmethod
+    def for_pair(cls, here, prior, motion, working_size: int, shape) -> "JumpTest":
+        """For tracks at ``here`` predicted at ``prior`` (``motion`` = prior - here) on a newer image of ``shape``."""
+        to_working = np.array([working_size / shape[1], working_size / shape[0]])
+        return cls(here, prior, MAX_JUMP + 0.5 * np.linalg.norm(motion * to_working, axis=1), to_working)
+
+    def __call__(self, found, camera, idx=None) -> np.ndarray:
+        """(M,) which of the points ``found`` (M,2) of tracks ``idx`` (default: all) jumped; ``camera``: a
+        function of (M,2) points, the camera motion (``tracker.camera_motion``)."""
+        idx = np.arange(len(self.here)) if idx is None else np.asarray(idx, int)
+        off_prior = np.linalg.norm((found - self.prior[idx]) * self.to_working, axis=1) > self.limit[idx]
+        off_camera = np.linalg.norm((found - camera(self.here[idx])) * self.to_working, axis=1) > CAMERA_TOLERANCE
+        return off_prior & off_camera
+
+
 @dataclass
 class Frame:
     rgb: np.ndarray              # (H,W,3) uint8
@@ -86,6 +127,26 @@ class PairResult:
     newer_stamp_ns: int = 0
     frames: int = 1              # frames from the older to the newer image (dropped ones counted): tracks' vx, vy
     #                              are px per frame (displacement / frames); ends - starts is per pair
+
+
+@dataclass
+class Found:
+    """What the traces of one anchored pair found, per live track (aligned with the tracker's tracks), and the
+    anchor images they were traced from."""
+    points: np.ndarray           # (N,2) image px of the newer image (the prior where not found)
+    visible: np.ndarray          # (N,) bool
+    confidence: np.ndarray       # (N,)
+    maps: list                   # per track: (map, box) or None
+    images: list                 # the anchor images in use
+    source: np.ndarray           # (N,) each track's anchor image in ``images``
+    anchor_points: np.ndarray    # (N,2) each track's point on its anchor image
+
+    def take(self, idx, res, rows=None) -> None:
+        """Take the answers ``rows`` (default: all) of the engine's ``res`` for the tracks ``idx``."""
+        rows = list(range(len(idx))) if rows is None else list(rows)
+        for j, i in zip(rows, idx):
+            self.points[i], self.visible[i], self.confidence[i] = res.points[j], res.visible[j], res.confidence[j]
+            self.maps[i] = res.maps[j] if res.maps else None
 
 
 @dataclass(frozen=True)
@@ -179,81 +240,87 @@ class TrackingPipeline:
                           frames=frames)
 
     def _anchored(self, older, newer, frames: int, older_index: int):
-        """Anchored tracing of the live tracks (see the module doc): points, visibility, confidence, maps."""
+        """Anchored tracing of the live tracks (see the module doc): points, visibility, confidence, maps. Each rule
+        has its own place: the anchor budget (``_keep_anchor_budget``), the search from the anchors
+        (``_search_from_anchors``), the jump test (``JumpTest``) and the chained bridge of a miss with the
+        re-anchoring rule (``_bridge_misses``, ``chained_answer_rule``)."""
         tracks = self.tracker.tracks
-        n = len(tracks)
         self.anchors[older_index] = older
-        keep = anchors_to_keep([t.anchor_frame for t in tracks], MAX_ANCHORS - 1)
-        if keep is not None:                  # over budget: the other groups are re-anchored on ``older``
-            for t in tracks:
-                if t.anchor_frame not in keep and t.visible:   # an occluded track's position is only a guess
-                    t.anchor_frame, t.ax, t.ay, t.anchor_misses = older_index, t.x, t.y, 0
+        self._keep_anchor_budget(older_index)
         here = self.tracker.query_points()
         vel = np.array([[t.vx, t.vy] if t.visible else [0.0, 0.0] for t in tracks], np.float64).reshape(-1, 2)
         prior = here + vel * frames
-        ends, visible, conf = prior.copy(), np.zeros(n, bool), np.zeros(n)
-        maps = [None] * n
-        h, w = newer.shape[:2]
-        in_view = inside_image(prior, h, w)          # a track predicted out of view is not searched for
+        in_view = inside_image(prior, *newer.shape[:2])          # a track predicted out of view is not searched for
+        found = self._search_from_anchors(newer, here, prior, in_view, older_index)
+        jump = JumpTest.for_pair(here, prior, vel * frames, self.engine.p.image_size, newer.shape[:2])
+        moving = np.array([t.visible and t.age > 0 for t in tracks], bool)
+        seen = found.visible
+        found.visible &= ~(moving & jump(found.points, camera_motion(here[seen], found.points[seen])))
+        for i, t in enumerate(tracks):
+            t.anchor_misses = 0 if found.visible[i] or not in_view[i] else t.anchor_misses + 1
+        self._bridge_misses(older, newer, found, jump, in_view, older_index)
+        maps = found.maps if any(m is not None for m in found.maps) else []
+        return found.points, found.visible, found.confidence, maps
+
+    def _keep_anchor_budget(self, older_index: int) -> None:
+        """Anchor budget: over ``MAX_ANCHORS`` anchor frames, the visible tracks of the smallest groups move to the
+        previous frame (an occluded track's position is only a guess: it keeps its anchor)."""
+        keep = anchors_to_keep([t.anchor_frame for t in self.tracker.tracks], MAX_ANCHORS - 1)
+        if keep is None:
+            return
+        for t in self.tracker.tracks:
+            if t.anchor_frame not in keep and t.visible:
+                t.anchor_frame, t.ax, t.ay, t.anchor_misses = older_index, t.x, t.y, 0
+
+    def _search_from_anchors(self, newer, here, prior, in_view, older_index: int) -> "Found":
+        """Every track in view traced from its anchor into ``newer``. One call for the tracks of older anchors,
+        searched from their ``prior`` (and, where that fails, from where they were on the previous frame, ``here``:
+        the whole schedule, as chained tracking searches, not from the anchor's position, which says nothing of where
+        the point is now); one for those anchored on the previous frame."""
+        tracks = self.tracker.tracks
+        n = len(tracks)
         used = sorted({t.anchor_frame for t in tracks})
-        images, number = [self.anchors[f] for f in used], {f: k for k, f in enumerate(used)}
-        source = np.array([number[t.anchor_frame] for t in tracks], int)
-        anchor_pts = np.array([[t.ax, t.ay] for t in tracks], np.float64).reshape(-1, 2)
-        # one call for the tracks of older anchors, searched from their prior (and, where that fails, from where
-        # they were on the previous frame: the whole schedule, as chained tracking searches, not from the anchor's
-        # position, which says nothing of where the point is now); one for those anchored on the previous frame
+        number = {f: k for k, f in enumerate(used)}
+        found = Found(prior.copy(), np.zeros(n, bool), np.zeros(n), [None] * n, [self.anchors[f] for f in used],
+                      np.array([number[t.anchor_frame] for t in tracks], int),
+                      np.array([[t.ax, t.ay] for t in tracks], np.float64).reshape(-1, 2))
         for from_prior in (True, False):
             idx = [i for i, t in enumerate(tracks) if in_view[i] and (t.anchor_frame != older_index) == from_prior]
             if not idx:
                 continue
-            res = self.engine.track(images, newer, anchor_pts[idx], self.trace, self.cancel,
-                                    prior[idx] if from_prior else None, source=source[idx],
+            res = self.engine.track(found.images, newer, found.anchor_points[idx], self.trace, self.cancel,
+                                    prior[idx] if from_prior else None, source=found.source[idx],
                                     retry_from=here[idx] if from_prior else None)
-            ends[idx], visible[idx], conf[idx] = res.points, res.visible, res.confidence
-            for j, i in enumerate(idx):
-                maps[i] = res.maps[j] if res.maps else None
-        # a track seen on the previous pair that lands far from where its motion puts it has jumped to a look-alike
-        # (a repeated texture: the next brick): a miss. Far: MAX_JUMP, plus half the motion extrapolated (frames
-        # dropped under a slow CPU make the prior less sure)
-        moving = np.array([t.visible and t.age > 0 for t in tracks], bool)
-        to_256 = np.array([self.engine.p.image_size / w, self.engine.p.image_size / h])
-        limit = MAX_JUMP + 0.5 * np.linalg.norm(vel * frames * to_256, axis=1)
-        # unless it moved as the camera did: the motion most tracks found agree on (a sudden turn or bump moves
-        # every point far from its own prior)
-        def jumped(found, i, camera):
-            return ((np.linalg.norm((found - prior[i]) * to_256, axis=1) > limit[i])
-                    & (np.linalg.norm((found - camera(here[i])) * to_256, axis=1) > CAMERA_TOLERANCE))
+            found.take(idx, res)
+        return found
 
-        visible &= ~(moving & jumped(ends, np.arange(n), camera_motion(here[visible], ends[visible])))
-        for i, t in enumerate(tracks):
-            t.anchor_misses = 0 if visible[i] or not in_view[i] else t.anchor_misses + 1
-        # missed by the anchor: trace chained from the previous frame (only tracks seen there: an occluded track's
-        # position there is only a guess; on a repeated texture a chained search from it lands on a look-alike that
-        # passes every test); the answer must look like the anchor's point and pass the jump test
-        lost = [i for i, t in enumerate(tracks) if in_view[i] and not visible[i] and t.visible
+    def _bridge_misses(self, older, newer, found: "Found", jump: "JumpTest", in_view, older_index: int) -> None:
+        """A miss of a track seen on the previous frame (only those: an occluded track's position there is only a
+        guess; on a repeated texture a chained search from it lands on a look-alike that passes every test) is traced
+        chained from the previous frame. The answer must still look like the anchor's point (``min_appearance``),
+        pass the jump test (against the camera motion of every point found, the anchors' and these: after a bump
+        most are found here) and the re-anchoring rule (``chained_answer_rule``)."""
+        tracks = self.tracker.tracks
+        here = self.tracker.query_points()
+        lost = [i for i, t in enumerate(tracks) if in_view[i] and not found.visible[i] and t.visible
                 and t.anchor_frame != older_index]
-        if lost:
-            res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
-            # how much the point found still looks like the anchor's: it must look enough like it (``min_appearance``)
-            likeness = self.engine.appearance(images, anchor_pts[lost], newer, res.points, source[lost])
-            if self.trace.min_appearance > 0:
-                res.visible &= likeness >= self.trace.min_appearance
-            # the camera's motion as every point found tells (after a bump most are found by these chained traces)
-            seen = np.array(lost)[res.visible]
-            camera = camera_motion(np.vstack([here[visible], here[seen]]),
-                                   np.vstack([ends[visible], res.points[res.visible]]))
-            far = jumped(res.points, np.array(lost), camera)
-            for j, i in enumerate(lost):
-                if not res.visible[j] or far[j]:
-                    continue
-                # missed again and again: the anchor no longer matches if the point now looks different (re-anchor);
-                # if it still looks the same, the chained answer is not taken (its errors add up pair by pair)
-                stale = tracks[i].anchor_misses >= ANCHOR_PATIENCE
-                if stale and likeness[j] >= REANCHOR_LIKENESS:
-                    continue
-                ends[i], visible[i], conf[i] = res.points[j], True, res.confidence[j]
-                maps[i] = res.maps[j] if res.maps else None
-                if stale and likeness[j] < REANCHOR_LIKENESS:
-                    tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
-                    tracks[i].anchor_misses = 0
-        return ends, visible, conf, maps if any(m is not None for m in maps) else []
+        if not lost:
+            return
+        res = self.engine.track(older, newer, here[lost], self.trace, self.cancel)
+        likeness = self.engine.appearance(found.images, found.anchor_points[lost], newer, res.points,
+                                          found.source[lost])
+        if self.trace.min_appearance > 0:
+            res.visible &= likeness >= self.trace.min_appearance
+        seen = np.array(lost)[res.visible]
+        camera = camera_motion(np.vstack([here[found.visible], here[seen]]),
+                               np.vstack([found.points[found.visible], res.points[res.visible]]))
+        far = jump(res.points, camera, np.array(lost))
+        for j, i in enumerate(lost):
+            if not res.visible[j] or far[j]:
+                continue
+            take, reanchor = chained_answer_rule(tracks[i].anchor_misses, float(likeness[j]))
+            if take:
+                found.take([i], res, [j])
+            if reanchor:
+                tracks[i].anchor_frame, tracks[i].ax, tracks[i].ay = older_index, here[i, 0], here[i, 1]
+                tracks[i].anchor_misses = 0
