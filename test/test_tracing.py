@@ -181,3 +181,45 @@ def test_points_of_several_frames_are_traced_in_one_call_as_one_call_per_frame()
             engine.track([base, f1b], f2, q, source=bad)
     with pytest.raises(ValueError, match="one size"):
         engine.track([base, base[:100]], f2, q, source=[0] * 12)
+
+
+def test_the_backward_check_of_a_search_from_a_prior_skips_the_coarse_scales_and_is_held_closer():
+    """A search from a prior skips the coarse scale; its backward trace starts at the same (finer) crop, not at the
+    coarse one whose window mixes near and far motions, and must land within fb_prior_ratio x fb_threshold of the
+    query; a search without a prior goes back from the first crop, held to fb_threshold."""
+    from kltrace_ros.tracking.builder import Options, load_engine
+
+    engine = load_engine(Options())
+    f1, f2 = translated_pair((3, 2))
+    q = np.random.default_rng(1).uniform([80, 70], [240, 170], (6, 2))
+    cfg = engine.schedule(engine.cfg)
+    assert cfg.fb_threshold * cfg.fb_prior_ratio < 8 < cfg.fb_threshold
+    calls, back = [], {"shift": None}
+    real = engine._trace
+
+    def spy(img_a, img_b, qw, c, cancel, start=None, ia=None, ib=None):
+        out = real(img_a, img_b, qw, c, cancel, start, ia, ib)
+        calls.append((c.first_crop, c.scales))
+        if len(calls) % 2 == 0 and back["shift"] is not None:   # the backward trace lands that far from the query
+            out = (start + torch.tensor([back["shift"], 0.0]), *out[1:])
+        return out
+
+    engine._trace = spy
+    fine = cfg.first_crop * cfg.shrink ** cfg.prior_skip
+    engine.track(f1, f2, q)
+    assert calls == [(cfg.first_crop, cfg.scales), (cfg.first_crop, 1)]
+    calls.clear()
+    engine.track(f1, f2, q, prior=q + [3, 2])
+    assert calls[:2] == [(pytest.approx(fine), cfg.scales - cfg.prior_skip), (pytest.approx(fine), 1)]
+    img1, img2 = engine._prepare(f1), engine._prepare(f2)
+    qw, start = engine._working(q, f1.shape), engine._working(q + [3, 2], f2.shape)
+    seen = {}
+    for shift, skip in ((0.0, False), (0.0, True), (8.0, False), (8.0, True), (5.0, True)):
+        back["shift"] = shift
+        res = engine._search(img1, img2, None, qw, f2.shape[:2], cfg, None, start if skip else None, skip=skip)
+        assert np.allclose(res.fb_error, shift)
+        seen[shift, skip] = res.visible
+    assert seen[0.0, False].sum() >= 4 and seen[0.0, True].sum() >= 4
+    assert (seen[8.0, False] == seen[0.0, False]).all()           # 8 px back: within fb_threshold
+    assert not seen[8.0, True].any()                              # but not within the prior search's
+    assert (seen[5.0, True] == seen[0.0, True]).all()

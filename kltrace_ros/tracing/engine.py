@@ -45,8 +45,11 @@ class TraceConfig:
     fb_threshold: float = 12.0         # visible only if the found point traced back into frame 1 lands within this
                                        # many working px of the query (forward-backward consistency; 0: no check)
     fb_masks: int | None = None        # masks of that backward trace (None: as many as forward)
-    fb_scales: int | None = 1          # scales of that backward trace, from the first crop (None: as forward); it
-                                       # starts at the query, where a consistent point lands
+    fb_scales: int | None = 1          # scales of that backward trace, from the forward trace's first crop (None: as
+                                       # forward); it starts at the query, where a consistent point lands
+    fb_prior_ratio: float = 0.5        # a search from a prior skips coarse scales, and so does its backward trace,
+                                       # which is then finer: held to this fraction of fb_threshold (eval-long in 3D
+                                       # and on planes: the coarse way back failed points found right; README)
     min_sharpness: float | None = None  # visible only if the last map's peak is this many times its mean
                                        # (None: the predictor's calibration, 0: no test)
     min_appearance: float = 0.7        # visible only if the found point's 9x9 neighbourhood (working px) still
@@ -71,6 +74,8 @@ class TraceConfig:
                 raise ValueError(f"{name} must be a whole number in [1, 64] (or the model's default), got {v!r}")
         if not (isinstance(self.min_appearance, (int, float)) and -1 <= self.min_appearance <= 1):
             raise ValueError(f"min_appearance must be a number in [-1, 1], got {self.min_appearance!r}")
+        if not (isinstance(self.fb_prior_ratio, (int, float)) and 0 < self.fb_prior_ratio <= 4):
+            raise ValueError(f"fb_prior_ratio must be a number in (0, 4], got {self.fb_prior_ratio!r}")
         for name in ("occlusion_threshold", "fb_threshold", "min_sharpness", "reach"):
             v = getattr(self, name)
             if v is None and name in ("min_sharpness", "reach"):   # the predictor's calibration
@@ -246,8 +251,8 @@ class Engine:
         ``prior_skip`` scales left out when ``skip``), and the visibility tests."""
         s = self.p.image_size
         h2, w2 = shape2
-        est, conf, sharp, maps = self._trace(img1, img2, qw, self._from_prior(cfg) if skip else cfg, cancel, start,
-                                             ia=index)
+        fwd = self._from_prior(cfg) if skip else cfg
+        est, conf, sharp, maps = self._trace(img1, img2, qw, fwd, cancel, start, ia=index)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = self._min_sharpness(cfg)
@@ -257,11 +262,10 @@ class Engine:
             vis &= appearance_match(img1, img2, qw, est, index_a=index).numpy() >= cfg.min_appearance
         res = TraceResult(pts, vis, conf.numpy(), sharpness=sharp.numpy())
         if cfg.fb_threshold > 0:  # forward-backward consistency: trace the found points back into frame 1
-            back_cfg = replace(cfg, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or cfg.scales,
-                                                                                 cfg.scales), keep_maps=False)
-            back = self._trace(img2, img1, est, back_cfg, cancel, qw, ib=index)[0]
+            back = self._trace(img2, img1, est, self._backward(cfg, fwd), cancel, qw, ib=index)[0]
             res.fb_error = (back - qw).norm(dim=1).numpy()
-            res.visible &= res.fb_error <= cfg.fb_threshold
+            finer = fwd.first_crop < cfg.first_crop
+            res.visible &= res.fb_error <= cfg.fb_threshold * (cfg.fb_prior_ratio if finer else 1.0)
         if cfg.keep_maps:
             res.maps = [(mp, box * np.array([w2 / s, h2 / s, w2 / s, h2 / s])) for mp, box in maps]
         return res
@@ -278,6 +282,13 @@ class Engine:
     def _min_sharpness(self, cfg: TraceConfig) -> float:
         """The peak sharpness a visible point needs: the config's, else the predictor's calibration (0: no test)."""
         return cfg.min_sharpness if cfg.min_sharpness is not None else getattr(self.p, "min_sharpness", 0.0)
+
+    def _backward(self, cfg: TraceConfig, fwd: TraceConfig) -> TraceConfig:
+        """The schedule of the backward check of a forward search with schedule ``fwd``: ``fb_scales`` scales from
+        the forward's first crop (a search from a prior skipped coarse scales: its way back skips them too, as the
+        coarse window mixes the motions of near and far surfaces), ``fb_masks`` masks."""
+        return replace(fwd, masks=cfg.fb_masks or cfg.masks, scales=min(cfg.fb_scales or fwd.scales, fwd.scales),
+                       keep_maps=False)
 
     def _from_prior(self, cfg: TraceConfig) -> TraceConfig:
         """The schedule of a search that starts from a prior: the first ``prior_skip`` scales left out."""
