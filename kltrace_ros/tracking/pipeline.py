@@ -84,9 +84,9 @@ def chained_answer_rule(anchor_misses: int, likeness: float) -> tuple[bool, bool
 @dataclass
 class JumpTest:
     """Jump test: a point found farther than ``limit`` (``MAX_JUMP`` working px plus half its extrapolated motion:
-    frames dropped under a slow CPU make the prior less sure) from where its own motion puts it (``prior``), and farther than ``CAMERA_TOLERANCE`` from where the camera's
-    motion puts it (a similarity fitted to the points found on the pair: a bump moves them all), has jumped to a
-    look-alike (the next brick)."""
+    frames dropped under a slow CPU make the prior less sure) from where its own motion puts it (``prior``), and
+    farther than ``CAMERA_TOLERANCE`` from where the camera's motion puts it (a similarity fitted to the points found
+    on the pair: a bump moves them all), has jumped to a look-alike (the next brick)."""
     here: np.ndarray             # (N,2) image px: each track on the older frame
     prior: np.ndarray            # (N,2) image px: where its own motion puts it on the newer frame
     limit: np.ndarray            # (N,) working px
