@@ -197,8 +197,8 @@ def test_the_backward_check_of_a_search_from_a_prior_skips_the_coarse_scales_and
     calls, back = [], {"shift": None}
     real = engine._trace
 
-    def spy(img_a, img_b, qw, c, cancel, start=None, ia=None, ib=None):
-        out = real(img_a, img_b, qw, c, cancel, start, ia, ib)
+    def spy(img_a, img_b, qw, c, cancel, start=None, ia=None, ib=None, **kw):
+        out = real(img_a, img_b, qw, c, cancel, start, ia, ib, **kw)
         calls.append((c.first_crop, c.scales))
         if len(calls) % 2 == 0 and back["shift"] is not None:   # the backward trace lands that far from the query
             out = (start + torch.tensor([back["shift"], 0.0]), *out[1:])
@@ -223,3 +223,33 @@ def test_the_backward_check_of_a_search_from_a_prior_skips_the_coarse_scales_and
     assert (seen[8.0, False] == seen[0.0, False]).all()           # 8 px back: within fb_threshold
     assert not seen[8.0, True].any()                              # but not within the prior search's
     assert (seen[5.0, True] == seen[0.0, True]).all()
+
+
+def test_a_search_from_a_prior_searches_the_centre_of_its_first_window_as_refinement_scales_do():
+    """A search from a prior skips the coarse scale (the prior is within the next scale's reach), so its first scale
+    is a refinement: it searches (and a ``window_maps`` predictor computes) only the central ``zoom_search`` of its
+    window. A search without a prior searches its whole first window, and so does every backward check."""
+    from kltrace_ros.tracing.ops import central_region
+    from kltrace_ros.tracking.builder import Options, load_engine
+
+    engine = load_engine(Options())
+    f1, f2 = translated_pair((3, 2))
+    q = np.random.default_rng(1).uniform([80, 70], [240, 170], (6, 2))
+    g = engine.p.window // engine.p.patch
+    centre = central_region(g, engine.cfg.zoom_search)
+    windows = []
+    real = engine.p.kl_maps
+
+    def spy(*args, window=None, **kw):
+        windows.append("centre" if window is not None and torch.equal(window, centre) else window)
+        return real(*args, window=window, **kw)
+
+    engine.p.kl_maps = spy
+    engine.track(f1, f2, q)
+    # no prior: the whole first window, the central half at the middle scale (the last is whole for its sharpness
+    # test); the backward check's one scale whole
+    assert windows == [None, "centre", None, None]
+    windows.clear()
+    res = engine.track(f1, f2, q, prior=q + [3, 2])
+    assert res.visible.all()                   # (no second search from the query)
+    assert windows == ["centre", None, None]   # from the prior: its first scale searches the centre only

@@ -4,7 +4,8 @@ For each query point q in frame 1:
   for each scale (crop size first_crop * shrink**k at the working resolution):
     source window centred at q, target window centred at the current estimate e
     (whole frame while the crop is at least the frame);
-    (the first scale searches no farther than ``reach`` from where it starts);
+    (the first scale searches no farther than ``reach`` from where it starts; a search from a prior, which skips
+    the coarsest scale, searches only the central ``zoom_search`` of its first window, as refinement scales do);
     for each of ``masks`` random reveal masks (the estimate's neighbourhood kept hidden):
       D(patch) = KL(p_clean || p_traced) over the code vocabulary (or the RGB difference);
     average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
@@ -252,7 +253,9 @@ class Engine:
         s = self.p.image_size
         h2, w2 = shape2
         fwd = self._from_prior(cfg) if skip else cfg
-        est, conf, sharp, maps = self._trace(img1, img2, qw, fwd, cancel, start, ia=index)
+        # a search from a prior is a refinement from its first scale on (its coarse scale was skipped: the prior is
+        # within the next scale's reach), so that scale searches only the central ``zoom_search`` of its window
+        est, conf, sharp, maps = self._trace(img1, img2, qw, fwd, cancel, start, ia=index, refine_from=0 if skip else 1)
         pts = est.numpy() * [w2 / s, h2 / s] - 0.5
         inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w2 - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h2 - 0.5)
         min_sharp = self._min_sharpness(cfg)
@@ -295,10 +298,11 @@ class Engine:
         skip = min(cfg.prior_skip, cfg.scales - 1)
         return replace(cfg, first_crop=cfg.first_crop * cfg.shrink ** skip, scales=cfg.scales - skip)
 
-    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None, ia=None, ib=None):
+    def _trace(self, img_a, img_b, qw, cfg: TraceConfig, cancel, start=None, ia=None, ib=None, refine_from: int = 1):
         """Estimates (N,2) in working px of ``img_b``, peak scores (N,), peak sharpness (N,) and maps of queries
         ``qw`` of ``img_a``; the search starts at ``start`` (N,2) (default: the queries). ``ia``/``ib`` (N,): each
-        query's image of a stack ``img_a``/``img_b`` (None: one image)."""
+        query's image of a stack ``img_a``/``img_b`` (None: one image). Scales from ``refine_from`` on search only
+        the central ``zoom_search`` fraction of their window (0: the first scale too, a search from a prior)."""
         start = qw if start is None else start
         est = start.clone()
         conf, sharp = torch.zeros(len(qw)), torch.zeros(len(qw))
@@ -307,10 +311,11 @@ class Engine:
             sl = slice(i, i + cfg.batch)
             est[sl], conf[sl], sharp[sl], maps[sl] = self._track_batch(
                 img_a, img_b, qw[sl], cfg, cancel, start[sl], None if ia is None else ia[sl],
-                None if ib is None else ib[sl])
+                None if ib is None else ib[sl], refine_from)
         return est, conf, sharp, maps
 
-    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None, start=None, i1=None, i2=None):
+    def _track_batch(self, img1, img2, qw, cfg: TraceConfig, cancel=None, start=None, i1=None, i2=None,
+                     refine_from: int = 1):
         p = self.p
         s, w, patch = p.image_size, p.window, p.patch
         g = w // patch
@@ -342,9 +347,10 @@ class Engine:
                 raise Cancelled()
             masks = torch.stack([reveal_mask(g, g, p.reveal, gen, keep_hidden=keep)
                                  for _ in range(cfg.masks or getattr(p, "masks", 1))])       # K,g,g
-            # refinement scales search near the previous estimate only (a predictor that can stop where the
-            # search stops, ``window_maps``, computes nothing outside: its map is 0 there)
-            region = central_region(g, cfg.zoom_search) if not whole and k > 0 and cfg.zoom_search < 1 else None
+            # refinement scales search near the previous estimate (or the prior) only (a predictor that can stop
+            # where the search stops, ``window_maps``, computes nothing outside: its map is 0 there)
+            refining = k >= refine_from and not whole and cfg.zoom_search < 1
+            region = central_region(g, cfg.zoom_search) if refining else None
             # but the last scale's map is whole where its sharpness is a visibility test: the cells outside the
             # searched region enter the mean that the peak is compared with
             partial = None if k == scales - 1 and min_sharp > 0 else region
