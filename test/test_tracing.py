@@ -1,4 +1,6 @@
 """Tracing engine on the analytic predictor: tracer, KL, peaks, sub-pixel recovery, out-of-view points."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +255,65 @@ def test_a_search_from_a_prior_searches_the_centre_of_its_first_window_as_refine
     res = engine.track(f1, f2, q, prior=q + [3, 2])
     assert res.visible.all()                   # (no second search from the query)
     assert windows == ["centre", None, None]   # from the prior: its first scale searches the centre only
+
+
+def test_the_polish_takes_an_answer_to_sub_pixel_and_keeps_the_kl_answer_where_it_is_not_safe(monkeypatch):
+    """``polish.lk_polish``: started up to 1.5 px off on a photo under a sub-pixel translation, it lands within a tenth
+    of a pixel. Where it is not safe the KL answer stands, unchanged: a polish that would move the point farther
+    than ``max_move``, a flat patch (LK has no gradient), a way back that misses the query by more than ``fb``; and a
+    frame larger than ``MAX_SIDE`` is polished on a shrunk copy with the answers in its own pixels."""
+    from kltrace_ros.tracing import polish
+
+    d = np.array([3.3, -2.6])
+    f1, f2 = translated_pair(d)
+    g1, g2 = polish.gray(f1), polish.gray(f2)
+    rng = np.random.default_rng(0)
+    q = rng.uniform([40, 40], [280, 200], (16, 2))
+    start = q + d + rng.uniform(-1.5, 1.5, (16, 2))
+    to_working = (np.array([256 / 320, 256 / 240]),) * 2
+    out, taken = polish.lk_polish(g1, g2, q, start, 21, 2, 16.0, 1.0, to_working)
+    err = np.linalg.norm(out - (q + d), axis=1)
+    assert taken.all() and np.median(err) < 0.1 and err.max() < 0.6, err
+    off = q + d + [3.0, 0.0]                                      # 2.4 working px from the truth
+    out, taken = polish.lk_polish(g1, g2, q, off, 21, 2, 1.0, 1.0, to_working)
+    assert not taken.any() and np.array_equal(out, off)
+    flat = np.full_like(g1, 128)
+    out, taken = polish.lk_polish(flat, flat, q, start, 21, 2, 16.0, 1.0, to_working)
+    assert not taken.any() and np.array_equal(out, start)
+    noisy = np.clip(g2 + rng.normal(0, 12, g2.shape), 0, 255).astype(np.uint8)   # its way back is not exact
+    out, taken = polish.lk_polish(g1, noisy, q, start, 21, 2, 16.0, 1.0, to_working)
+    assert taken.mean() > 0.8
+    out, taken = polish.lk_polish(g1, noisy, q, start, 21, 2, 16.0, 1e-3, to_working)
+    assert not taken.any() and np.array_equal(out, start)
+    noise = rng.integers(0, 256, g1.shape, dtype=np.uint8)       # frame 2 unrelated to frame 1
+    out, taken = polish.lk_polish(g1, noise, q, start, 21, 2, 16.0, 1.0, to_working)
+    assert taken.mean() < 0.25 and np.array_equal(out[~taken], start[~taken])
+    monkeypatch.setattr(polish, "MAX_SIDE", 160)                  # polished at half size, answered at full
+    out, taken = polish.lk_polish(g1, g2, q, start, 21, 2, 16.0, 1.0, to_working)
+    err = np.linalg.norm(out - (q + d), axis=1)
+    assert taken.mean() > 0.7 and np.median(err[taken]) < 0.3, (taken, err)
+
+
+def test_the_engine_polishes_every_answer_unless_told_not_to():
+    """``refine='lk'`` (the default) polishes the KL answers (closer to the truth than ``refine='none'``, which keeps
+    them as they are); in a call with several first images each query is polished against its own image; a
+    setting outside the choices is refused with what it must be."""
+    d = np.array([3.3, -2.6])
+    f1, f2 = translated_pair(d)
+    q = np.random.default_rng(0).uniform([40, 40], [280, 200], (16, 2))
+    cfg = TraceConfig(masks=2, scales=2, first_crop=128)
+    engine = Engine(AnalyticShiftPredictor(), cfg)
+    assert engine.cfg.refine == "lk"
+    kl = engine.track(f1, f2, q, replace(cfg, refine="none"))
+    lk = engine.track(f1, f2, q)
+    assert kl.polished is None and lk.polished.mean() > 0.8
+    err_kl, err_lk = (np.linalg.norm(r.points - (q + d), axis=1) for r in (kl, lk))
+    assert np.median(err_lk) < 0.1 < np.median(err_kl), (err_lk, err_kl)
+    assert np.array_equal(lk.visible, kl.visible)                 # visibility stays the KL tests' verdict
+    other = translated_pair((1.0, 1.0))[1]                        # frame 2 moved 2.3, 3.6 px from this one
+    both = engine.track([other, f1], f2, q, source=[1] * 8 + [0] * 8)
+    truth = np.vstack([q[:8] + d, q[8:] + d - [1.0, 1.0]])
+    assert np.median(np.linalg.norm(both.points - truth, axis=1)[both.polished]) < 0.1
+    for bad in ({"refine": "opencv"}, {"refine_window": 20}, {"refine_levels": -1}, {"refine_max": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TraceConfig(**bad)

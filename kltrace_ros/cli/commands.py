@@ -59,6 +59,9 @@ def add_engine_args(p) -> None:
     p.add_argument("--min-appearance", type=float, default=0.7,
                    help="visible only if the found point's neighbourhood still looks like the query's (normalised "
                         "cross-correlation within 2 px at 256); 0: no test")
+    p.add_argument("--refine", choices=("lk", "none"), default="lk",
+                   help="lk (default): polish each answer to sub-pixel with Lucas-Kanade started at the KL answer "
+                        "(kept within 16 px at 256 and when it traces back within 0.25 px); none: the KL answer as it is")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (anything else is refused)")
 
 
@@ -79,6 +82,7 @@ def options(args, **changes) -> Options:
     opts = Options(model=args.model, quantizer=args.quantizer, device=args.device, method=args.method,
                    masks=args.masks, scales=args.scales, occlusion_threshold=args.occlusion_threshold,
                    fb_threshold=args.fb_threshold, min_appearance=args.min_appearance,
+                   refine=getattr(args, "refine", Options.refine),
                    keep_maps=getattr(args, "foxglove", None) is not None,
                    num_points=getattr(args, "points", 64), keypoints=getattr(args, "keypoints", "grid"),
                    tracking=getattr(args, "tracking", Options.tracking))

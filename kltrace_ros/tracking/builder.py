@@ -29,6 +29,7 @@ class Options:
     occlusion_threshold: float | None = None  # None or negative: the model's calibration
     fb_threshold: float = 12.0               # forward-backward visibility check (working px; 0: off)
     min_appearance: float = 0.7              # the found point must still look like the query (NCC; 0: off)
+    refine: str = "lk"                       # lk: sub-pixel polish of each answer (tracing.polish) | none
     keep_maps: bool = False                  # keep KL maps (heatmaps)
     num_points: int = 64
     keypoints: str = "grid"                  # grid | features | topic
@@ -59,7 +60,8 @@ def trace_config(opts: Options, predictor) -> TraceConfig:
     if thr is None or thr < 0:
         thr = getattr(predictor, "occlusion_threshold", {}).get(method, 0.0)
     return TraceConfig(method=method, masks=opts.masks, scales=opts.scales, occlusion_threshold=thr,
-                       fb_threshold=opts.fb_threshold, min_appearance=opts.min_appearance, keep_maps=opts.keep_maps)
+                       fb_threshold=opts.fb_threshold, min_appearance=opts.min_appearance, keep_maps=opts.keep_maps,
+                       refine=opts.refine)
 
 
 def tracker_config(opts: Options) -> TrackerConfig:
