@@ -261,7 +261,8 @@ def test_the_polish_takes_an_answer_to_sub_pixel_and_keeps_the_kl_answer_where_i
     """``polish.lk_polish``: started up to 1.5 px off on a photo under a sub-pixel translation, it lands within a tenth
     of a pixel. Where it is not safe the KL answer stands, unchanged: a polish that would move the point farther
     than ``max_move``, a flat patch (LK has no gradient), a way back that misses the query by more than ``fb``; and a
-    frame larger than ``MAX_SIDE`` is polished on a shrunk copy with the answers in its own pixels."""
+    frame larger than ``MAX_SIDE`` is polished on a shrunk copy, and frames of two sizes at frame 2's, with the answers
+    in frame 2's own pixels."""
     from kltrace_ros.tracing import polish
 
     d = np.array([3.3, -2.6])
@@ -288,6 +289,11 @@ def test_the_polish_takes_an_answer_to_sub_pixel_and_keeps_the_kl_answer_where_i
     noise = rng.integers(0, 256, g1.shape, dtype=np.uint8)       # frame 2 unrelated to frame 1
     out, taken = polish.lk_polish(g1, noise, q, start, 21, 2, 16.0, 1.0, to_working)
     assert taken.mean() < 0.25 and np.array_equal(out[~taken], start[~taken])
+    big2 = cv2.resize(g2, (400, 300), interpolation=cv2.INTER_LINEAR)   # frames of two sizes: answers in frame 2's px
+    out, taken = polish.lk_polish(g1, big2, q, (start + 0.5) * 1.25 - 0.5, 21, 2, 16.0, 1.0,
+                                  (to_working[0], to_working[0] / 1.25))
+    err = np.linalg.norm(out - ((q + d + 0.5) * 1.25 - 0.5), axis=1)
+    assert taken.mean() > 0.7 and np.median(err[taken]) < 0.3, (taken, err)
     monkeypatch.setattr(polish, "MAX_SIDE", 160)                  # polished at half size, answered at full
     out, taken = polish.lk_polish(g1, g2, q, start, 21, 2, 16.0, 1.0, to_working)
     err = np.linalg.norm(out - (q + d), axis=1)

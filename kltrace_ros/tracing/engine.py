@@ -10,7 +10,9 @@ For each query point q in frame 1:
       D(patch) = KL(p_clean || p_traced) over the code vocabulary (or the RGB difference);
     average D over masks, take the argmax and refine it inside the 3x3 neighbourhood;
   the new e is that peak, mapped back; visible = peak D >= occlusion threshold, e inside frame 2,
-  and (forward-backward check) e traced back into frame 1 lands within fb_threshold of q.
+  and (forward-backward check) e traced back into frame 1 lands within fb_threshold of q;
+  then (``refine``, ``polish.py``) e is polished to sub-pixel by Lucas-Kanade started at e, kept only within
+  ``refine_max`` of e and when LK's way back lands within ``refine_fb`` of q (visibility is not changed).
 The clean pass of a (window, mask) is computed once and shared by every point that uses it (predictors with
 ``kl_maps`` take every mask of a scale in one call and share what they can across points and variants).
 """

@@ -19,7 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-MAX_SIDE = 1280   # frames larger than this (longest side) are polished on an area-shrunk copy
+MAX_SIDE = 1280   # frames larger than this (longest side) are polished on an area-shrunk copy; a first frame of
+#                   another size than the second is resampled to the second's (LK compares the two at one size)
 
 
 def gray(frame: np.ndarray) -> np.ndarray:
@@ -30,14 +31,21 @@ def gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
 
 
-def _shrunk(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """The grey image at most ``MAX_SIDE`` px on its longest side, and the factor applied."""
-    side = max(g.shape)
-    if side <= MAX_SIDE:
-        return g, 1.0
-    f = MAX_SIDE / side
-    return cv2.resize(g, (max(2, round(g.shape[1] * f)), max(2, round(g.shape[0] * f))),
-                      interpolation=cv2.INTER_AREA), f
+def _common_size(gray1: np.ndarray, gray2: np.ndarray):
+    """Both grey images at one size, frame 2's (area-shrunk to at most ``MAX_SIDE`` px on its longest side; frame 1
+    resampled to it when the frames differ in size), and the (2,) x, y factor each was scaled by."""
+    h, w = gray2.shape
+    f = min(1.0, MAX_SIDE / max(h, w))
+    size = (max(2, round(w * f)), max(2, round(h * f)))
+
+    def fit(g):
+        if g.shape[::-1] == size:
+            return g, np.ones(2)
+        shrink = size[0] < g.shape[1] or size[1] < g.shape[0]
+        return (cv2.resize(g, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR),
+                np.array([size[0] / g.shape[1], size[1] / g.shape[0]]))
+
+    return (*fit(gray1), *fit(gray2))
 
 
 def lk_polish(gray1: np.ndarray, gray2: np.ndarray, queries: np.ndarray, found: np.ndarray, window: int,
@@ -53,11 +61,10 @@ def lk_polish(gray1: np.ndarray, gray2: np.ndarray, queries: np.ndarray, found: 
     out, taken = p.copy(), np.zeros(len(p), bool)
     if len(p) == 0:
         return out, taken
-    g1, f1 = _shrunk(gray1)
-    g2, f2 = _shrunk(gray2)
+    g1, f1, g2, f2 = _common_size(gray1, gray2)
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
     lk = dict(winSize=(window, window), maxLevel=levels, criteria=crit, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-    # through the shrink (pixel centres at whole numbers: x -> (x + 0.5) f - 0.5) and back
+    # into the common size (pixel centres at whole numbers: x -> (x + 0.5) f - 0.5) and back
     q0 = ((q + 0.5) * f1 - 0.5).astype(np.float32).reshape(-1, 1, 2)
     p0 = ((p + 0.5) * f2 - 0.5).astype(np.float32).reshape(-1, 1, 2)
     p1, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, q0, p0.copy(), **lk)
