@@ -4,9 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
-def _gray(img):
-    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+from kltrace_ros.tracing.polish import gray as _gray
 
 
 def zero_motion(frame1, frame2, queries):
